@@ -1,0 +1,115 @@
+#!/usr/bin/python
+"""An environment-wide release lock, one file per host, taken atomically."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: release_lock
+short_description: Take, release or inspect a deployctl release lock on one host
+description:
+  - The lock is a JSON file created with link(2), which fails if the file exists, so two control nodes
+    can never both take it. It names its holder and carries a token; only that token releases it.
+options:
+  path: {description: Lock file., type: path, required: true}
+  state:
+    description: C(acquired), C(released) (only with the holder's token), C(broken) (whoever holds it), C(inspected).
+    type: str
+    choices: [acquired, released, broken, inspected]
+    default: inspected
+  token: {description: Secret-free random token of the holder., type: str}
+  holder: {description: Who takes the lock (deployment id, user, control node)., type: dict, default: {}}
+author: deployctl maintainers
+"""
+
+EXAMPLES = r"""
+- name: Take the lock
+  deployctl.core.release_lock:
+    path: /srv/app/.deployctl/lock
+    state: acquired
+    token: "{{ deployctl_lock_token }}"
+    holder: {deployment_id: DEP-20260101-120000, user: ada}
+"""
+
+RETURN = r"""
+holder: {description: The lock's holder after the task (null when free)., type: dict, returned: always}
+held_by_other: {description: True when someone else holds the lock., type: bool, returned: always}
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"token": None, "holder": {"error": "unreadable lock file"}}
+
+
+def _acquire(path, token, holder):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{token}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump({"token": token, "holder": holder, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                  handle)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "state": {"type": "str", "default": "inspected",
+                      "choices": ["acquired", "released", "broken", "inspected"]},
+            "token": {"type": "str", "no_log": False},
+            "holder": {"type": "dict", "default": {}},
+        },
+        required_if=[("state", "acquired", ["token"]), ("state", "released", ["token"])],
+        supports_check_mode=True,
+    )
+    path, state, token = module.params["path"], module.params["state"], module.params["token"]
+    current = _read(path)
+    changed = False
+
+    if state == "acquired":
+        if current is None:
+            changed = True
+            if not module.check_mode and not _acquire(path, token, module.params["holder"]):
+                current = _read(path)  # lost a race between the read and the link
+                changed = False
+            elif not module.check_mode:
+                current = _read(path)
+        if current is not None and current.get("token") != token:
+            module.fail_json(msg=f"locked by {json.dumps(current.get('holder'), sort_keys=True)} "
+                                 f"since {current.get('since')}",
+                             holder=current.get("holder"), held_by_other=True)
+    elif state == "released" and current is not None and current.get("token") == token:
+        changed = True
+        if not module.check_mode:
+            os.unlink(path)
+        current = None
+    elif state == "broken" and current is not None:
+        changed = True
+        if not module.check_mode:
+            os.unlink(path)
+        current = None
+
+    holder = None if current is None else dict(current.get("holder") or {}, since=current.get("since"))
+    held_by_other = current is not None and current.get("token") != token
+    module.exit_json(changed=changed, holder=holder, held_by_other=held_by_other)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The deployment history: one SQLite file per project, on the control node.
+
+Every release, rollback, restore and verification is a row in `deployments` with one row per phase in
+`phases`; nothing secret is ever stored (versions, host names, counts and messages only).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    environment TEXT NOT NULL,
+    action TEXT NOT NULL,
+    version TEXT,
+    user TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL DEFAULT 'running',
+    exit_code INTEGER,
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS phases (
+    deployment_id TEXT NOT NULL REFERENCES deployments(id),
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    changed_hosts TEXT NOT NULL,
+    failed_hosts TEXT NOT NULL,
+    unreachable_hosts TEXT NOT NULL,
+    PRIMARY KEY (deployment_id, seq)
+);
+CREATE INDEX IF NOT EXISTS deployments_env ON deployments(environment, started_at);
+"""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Deployment:
+    id: str
+    environment: str
+    action: str
+    version: str | None
+    user: str
+    started_at: str
+    finished_at: str | None = None
+    outcome: str = "running"
+    exit_code: int | None = None
+    details: dict = field(default_factory=dict)
+    phases: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class History:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def start(self, environment: str, action: str, version: str | None) -> Deployment:
+        stamp = datetime.now(UTC).strftime("DEP-%Y%m%d-%H%M%S")
+        with closing(self._connect()) as db, db:
+            taken = {r[0] for r in db.execute("SELECT id FROM deployments WHERE id LIKE ?", (stamp + "%",))}
+            ident = stamp
+            n = 1
+            while ident in taken:
+                n += 1
+                ident = f"{stamp}-{n}"
+            deployment = Deployment(ident, environment, action, version, getpass.getuser(), now())
+            db.execute(
+                "INSERT INTO deployments (id, environment, action, version, user, started_at) VALUES (?,?,?,?,?,?)",
+                (ident, environment, action, version, deployment.user, deployment.started_at),
+            )
+        return deployment
+
+    def add_phase(self, deployment: Deployment, name: str, status: str, seconds: float,
+                  changed: list[str], failed: dict[str, str], unreachable: dict[str, str]) -> None:
+        phase = {"name": name, "status": status, "seconds": round(seconds, 2), "changed_hosts": changed,
+                 "failed_hosts": failed, "unreachable_hosts": unreachable}
+        deployment.phases.append(phase)
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "INSERT INTO phases VALUES (?,?,?,?,?,?,?,?)",
+                (deployment.id, len(deployment.phases), name, status, phase["seconds"], json.dumps(changed),
+                 json.dumps(failed), json.dumps(unreachable)),
+            )
+
+    def finish(self, deployment: Deployment, outcome: str, exit_code: int) -> None:
+        deployment.outcome, deployment.exit_code, deployment.finished_at = outcome, exit_code, now()
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "UPDATE deployments SET outcome=?, exit_code=?, finished_at=?, details=? WHERE id=?",
+                (outcome, exit_code, deployment.finished_at, json.dumps(deployment.details), deployment.id),
+            )
+
+    def get(self, ident: str) -> Deployment | None:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM deployments WHERE id=?", (ident,)).fetchone()
+            return self._deployment(db, row) if row else None
+
+    def recent(self, environment: str | None = None, limit: int = 20, action: str | None = None,
+               outcome: str | None = None) -> list[Deployment]:
+        query, args = "SELECT * FROM deployments WHERE 1=1", []
+        for column, value in (("environment", environment), ("action", action), ("outcome", outcome)):
+            if value is not None:
+                query += f" AND {column}=?"
+                args.append(value)
+        query += " ORDER BY started_at DESC, id DESC LIMIT ?"
+        args.append(limit)
+        with closing(self._connect()) as db:
+            return [self._deployment(db, row) for row in db.execute(query, args).fetchall()]
+
+    def _deployment(self, db: sqlite3.Connection, row: sqlite3.Row) -> Deployment:
+        values = dict(row)
+        values["details"] = json.loads(values["details"])
+        deployment = Deployment(**values)
+        for phase in db.execute("SELECT * FROM phases WHERE deployment_id=? ORDER BY seq", (row["id"],)):
+            phase = dict(phase)
+            for key in ("changed_hosts", "failed_hosts", "unreachable_hosts"):
+                phase[key] = json.loads(phase[key])
+            del phase["deployment_id"], phase["seq"]
+            deployment.phases.append(phase)
+        return deployment
