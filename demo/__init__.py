@@ -1,0 +1,1 @@
+"""Bundled demo web app used by deployctl's demo and tests."""
