@@ -1,0 +1,25 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.project import DemoProject  # noqa: E402
+
+
+@pytest.fixture
+def demo_project(tmp_path):
+    """A fresh demo project; call it with settings to change them before the first run."""
+    projects = []
+
+    def make(**kwargs) -> DemoProject:
+        project = DemoProject(tmp_path / f"project{len(projects)}", **kwargs)
+        projects.append(project)
+        return project
+
+    yield make
+    for project in projects:
+        project.stop()

@@ -1,0 +1,180 @@
+"""Releases of the demo app to localhost through the real CLI, playbooks and ansible-runner."""
+
+import json
+import signal
+import time
+
+from tests.support.project import http_get
+
+
+def test_release_upgrade_and_rollback(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", migrations=["add_price:ALTER TABLE items ADD COLUMN price INTEGER"])
+
+    first = project.run("release", "v1")
+    assert first.code == 0, first
+    assert first.outcome == "live"
+    assert project.served_version() == "v1"
+    assert project.running("worker"), "maintenance off starts the workers again"
+    assert not (project.app_root / "shared" / "maintenance.json").exists()
+    phases = [p["name"] for p in first.data["deployment"]["phases"]]
+    assert phases == ["lock", "preflight", "backup", "maintenance on", "deploy", "migrate", "verify",
+                      "maintenance off", "unlock"]
+    assert first.data["deployment"]["details"]["before"] == {"localhost": None}
+
+    second = project.run("release", "v2")
+    assert second.code == 0, second
+    assert project.served_version() == "v2"
+    assert "price" in [row[1] for row in project.sqlite("PRAGMA table_info(items)")]
+    assert second.data["deployment"]["details"]["schema"]["localhost"] == {
+        "before": "0001_create_items", "after": "0002_add_price"}
+
+    status = project.run("status")
+    assert status.code == 0, status
+    assert status.data["hosts"]["localhost"]["live"] == "v2"
+    assert status.data["hosts"]["localhost"]["previous"] == "v1"
+    assert status.data["last_deployment"]["id"] == second.data["deployment"]["id"]
+
+    back = project.run("rollback")
+    assert back.code == 0, back
+    assert project.served_version() == "v1"
+    # v2 ran a migration, so the database set taken before v2 comes back with v1
+    assert back.data["deployment"]["details"]["restored_set"] == second.data["deployment"]["details"]["backup_set"]
+    assert "price" not in [row[1] for row in project.sqlite("PRAGMA table_info(items)")]
+
+    history = project.run("history")
+    assert [d["action"] for d in history.data] == ["rollback", "release", "release"]
+    assert all(d["outcome"] in ("live", "rolled-back") for d in history.data)
+
+
+def test_failed_verify_rolls_back_code_and_database(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", broken="health",
+                  migrations=["add_note:CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"])
+    assert project.run("release", "v1").code == 0
+    project.sqlite("INSERT INTO items (id, name) VALUES (10, 'kept')")
+
+    failed = project.run("release", "v2")
+    assert failed.code == 4, failed
+    assert failed.outcome == "rolled-back"
+    assert "verify failed" in failed.data["message"]
+    assert project.served_version() == "v1"
+    assert project.live() == "v1"
+    tables = {row[0] for row in project.sqlite("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "notes" not in tables, "the migration of the failed release is undone"
+    assert (10, "kept") in project.sqlite("SELECT id, name FROM items")
+    assert project.running("worker")
+    assert not (project.app_root / "shared" / "maintenance.json").exists()
+    names = [p["name"] for p in failed.data["deployment"]["phases"]]
+    assert names[-4:] == ["rollback", "verify", "maintenance off", "unlock"]
+
+
+def test_half_applied_migration_is_undone(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", broken="migration")
+    assert project.run("release", "v1").code == 0
+    before = project.sqlite("SELECT id, name FROM items ORDER BY id")
+
+    failed = project.run("release", "v2")
+    assert failed.code == 4, failed
+    assert "migrate failed" in failed.data["message"]
+    tables = {row[0] for row in project.sqlite("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "broken_half" not in tables
+    assert project.sqlite("SELECT id, name FROM items ORDER BY id") == before
+    assert project.served_version() == "v1"
+
+
+def test_failed_first_release_leaves_nothing_live(demo_project):
+    project = demo_project()
+    project.build("v1", broken="start")
+    failed = project.run("release", "v1")
+    assert failed.code == 4, failed
+    assert project.live() is None
+    assert not project.running("app")
+    assert project.run("status").data["hosts"]["localhost"]["live"] is None
+
+
+def test_bad_input_is_refused_before_anything_runs(demo_project):
+    project = demo_project()
+    for version in ("v1;rm -rf /", "../v1", "", "v1\nv2", "x" * 200):
+        result = project.run("release", version)
+        assert result.code == 2, (version, result)
+        assert result.data["error"].startswith("invalid version")
+        assert result.stderr.count("\n") == 1, result.stderr
+    assert project.run("-e", "nowhere", "release", "v1").code == 2
+    assert not project.app_root.exists()
+
+    missing = project.run("release", "v9")
+    assert missing.code == 3, missing
+    assert "does not exist on the control node" in missing.data["message"]
+    assert not (project.app_root / "releases").exists()
+
+    (project.root / "deployctl.yml").write_text("environments: [unclosed\n")
+    broken = project.run("status")
+    assert broken.code == 2 and "not valid YAML" in broken.data["error"]
+
+
+def test_lock_held_by_another_deployment(demo_project):
+    project = demo_project()
+    project.build("v1")
+    lock = project.app_root / ".deployctl" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"token": "someone-else", "since": "2026-01-01T00:00:00Z",
+                                "holder": {"deployment_id": "DEP-OTHER", "user": "ada", "control_node": "ci"}}))
+    refused = project.run("release", "v1")
+    assert refused.code == 6, refused
+    assert "DEP-OTHER" in refused.data["message"] and "ada@ci" in refused.data["message"]
+    assert lock.exists(), "someone else's lock is never released by a refused release"
+    assert project.live() is None
+
+    assert project.run("unlock").code == 0
+    assert not lock.exists()
+    assert project.run("release", "v1").code == 0
+    assert not lock.exists()
+
+
+def test_interrupt_rolls_back(demo_project):
+    project = demo_project(group_vars={"deployctl_restart_command": "sh -c 'sleep 20; bin/restart'"})
+    project.build("v1")
+    project.build("v2")
+    # the slow restart is only for v2: release v1 with a fast one first
+    project.group_vars["deployctl_restart_command"] = "bin/restart"
+    project.write()
+    assert project.run("release", "v1").code == 0
+    project.group_vars["deployctl_restart_command"] = "sh -c 'sleep 20; bin/restart'"
+    project.write()
+
+    proc = project.start("release", "v2")
+    deadline = time.time() + 120
+    while project.live() != "v2" and time.time() < deadline:
+        time.sleep(0.2)
+    assert project.live() == "v2"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout)["outcome"] == "interrupted"
+    assert project.live() == "v1"
+    assert http_get(project.url("/version"))[1].strip() == "v1"
+    assert not (project.app_root / ".deployctl" / "lock").exists()
+
+
+def test_secrets_stay_out_of_state_and_artifacts(demo_project):
+    secret = "s3cr3t-Value-9f2c"
+    project = demo_project(group_vars={"deployctl_env": {"DEMO_PORT": 0, "API_TOKEN": secret}})
+    project.group_vars["deployctl_env"]["DEMO_PORT"] = project.port
+    project.group_vars["deployctl_env"]["DEMO_HOST"] = "127.0.0.1"
+    project.write()
+    project.build("v1")
+    result = project.run("release", "v1")
+    assert result.code == 0, result
+    assert secret in (project.app_root / "shared" / ".env").read_text()
+    assert oct((project.app_root / "shared" / ".env").stat().st_mode & 0o777) == "0o600"
+    state = project.root / ".deployctl"
+    leaks = [str(p) for p in state.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []
+    assert secret not in result.stdout + result.stderr
+    runs = state / "runs"
+    assert oct(next(runs.iterdir()).stat().st_mode & 0o777) == "0o700"
