@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from deployctl import __version__
 from deployctl import project as projects
+from deployctl import report as reports
+from deployctl import schedule as scheduling
 from deployctl.console import Output, table
 from deployctl.errors import BadInput, DeployctlError, ExitCode
 from deployctl.history import History
@@ -85,10 +88,21 @@ def rollback(ctx: Context, to, data):
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--prometheus-textfile", "textfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the result as node_exporter textfile-collector metrics (atomically).")
 @click.pass_obj
-def verify(ctx: Context):
-    """Run the verification checks now (made for cron and systemd timers)."""
-    _finish(ctx, ctx.pipeline().verify())
+def verify(ctx: Context, textfile):
+    """Run the verification checks now (made for cron and systemd timers: deployctl schedule).
+
+    A notification is sent when the environment's health changes (the first run only when it fails).
+    """
+    pipeline = ctx.pipeline()
+    started, clock = time.time(), time.monotonic()
+    outcome = pipeline.verify()
+    if textfile is not None:
+        scheduling.export_metrics(textfile, pipeline.history, outcome, pipeline.env.name, started,
+                                  time.monotonic() - clock, ctx.output.progress)
+    _finish(ctx, outcome)
 
 
 @cli.command()
@@ -153,9 +167,17 @@ def status(ctx: Context):
     rows = [[h, s.get("live") or "-", s.get("previous") or "-",
              (s.get("lock") or {}).get("deployment_id", "")] for h, s in sorted(hosts.items())]
     rows += [[h, "UNREACHABLE", "", ""] for h in sorted(result.unreachable)]
+    headers = ["host", "live", "previous", "locked by"]
+    if any("containers" in s for s in hosts.values()):  # compose strategy: what each container runs, its health
+        headers.append("containers")
+        for row in rows:
+            row.append(", ".join(f"{c.get('service')} {c.get('tag')} {c.get('health') or c.get('state')}"
+                                 for c in hosts.get(row[0], {}).get("containers", [])))
     summary = (f"last: {last[0].id} {last[0].action} {last[0].version or ''} → {last[0].outcome}"
                if last else "no deployments yet")
-    ctx.output.result(data, table(f"{pipeline.env.name}", ["host", "live", "previous", "locked by"], rows), summary)
+    data["last_verification"] = pipeline.history.last_verification(pipeline.env.name)
+    summary += "\n" + scheduling.verification_line(data["last_verification"])
+    ctx.output.result(data, table(f"{pipeline.env.name}", headers, rows), summary)
     sys.exit(int(ExitCode.OK if gate(result) else ExitCode.COULD_NOT_RUN))
 
 
@@ -174,6 +196,64 @@ def history(ctx: Context, limit):
                                                        "message"], rows))
 
 
+@cli.command()
+@click.argument("deployment_id")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]),
+              help="Output format (default markdown; json with --json).")
+@click.pass_obj
+def report(ctx: Context, deployment_id, fmt):
+    """DEPLOYMENT_ID against the checklist's targets: time, downtime, error rate, response time."""
+    project = projects.load(ctx.project_dir)
+    history_db = History(project.state_dir / "history.db")
+    text = reports.render(history_db, deployment_id, fmt or ("json" if ctx.output.as_json else "markdown"))
+    click.echo(text.rstrip("\n"))
+
+
+@cli.group()
+def schedule():
+    """Run `deployctl verify` on a timer on this control node (a systemd timer, else cron)."""
+
+
+@schedule.command("install")
+@click.option("--every", default="15m", show_default=True, help="Interval: Nm, Nh or Nd (at least 1m).")
+@click.option("--textfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Have verify write Prometheus textfile-collector metrics to this file.")
+@click.option("--log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the runs' output goes (default .deployctl/verify-ENV.log).")
+@click.pass_obj
+def schedule_install(ctx: Context, every, textfile, log):
+    """Install (or replace) the timer that runs verify on this environment."""
+    project = projects.load(ctx.project_dir)
+    env = project.environment(ctx.env_name)
+    done = scheduling.install(project.app, env.name, project.root, every, textfile, log)
+    if done.get("warning"):
+        ctx.output.progress(f"[yellow]{done['warning']}[/yellow]")
+    ctx.output.result(done, text=f"installed {done['name']} ({done['scheduler']}, every {done['every']}): "
+                                 f"{', '.join(done['files'])}")
+
+
+@schedule.command("remove")
+@click.pass_obj
+def schedule_remove(ctx: Context):
+    """Remove this environment's timer."""
+    project = projects.load(ctx.project_dir)
+    env = project.environment(ctx.env_name)
+    removed = scheduling.remove(project.app, env.name)
+    ctx.output.result({"removed": removed}, text=f"removed {', '.join(removed)}" if removed else
+                      f"nothing installed for {project.app} {env.name}")
+
+
+@schedule.command("list")
+@click.pass_obj
+def schedule_list(ctx: Context):
+    """The verification timers installed on this control node (every project)."""
+    jobs = scheduling.list_jobs()
+    rows = [[j["name"], j["scheduler"], j.get("every", "?"), j.get("environment", "?"),
+             j.get("project_dir", "?"), j.get("log", "")] for j in jobs]
+    ctx.output.result(jobs, table("Scheduled verifications", ["name", "scheduler", "every", "environment",
+                                                              "project", "log"], rows))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -181,7 +261,7 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(int(ExitCode.BAD_INPUT))
     except click.exceptions.ClickException as exc:
-        exc.show()
+        Output(as_json="--json" in sys.argv).error(exc.format_message())
         sys.exit(int(ExitCode.BAD_INPUT))
     except DeployctlError as exc:
         Output(as_json="--json" in sys.argv).error(str(exc))

@@ -1,7 +1,9 @@
 """The deployment history: one SQLite file per project, on the control node.
 
 Every release, rollback, restore and verification is a row in `deployments` with one row per phase in
-`phases`; nothing secret is ever stored (versions, host names, counts and messages only).
+`phases`; nothing secret is ever stored (versions, host names, counts and messages only). Each
+`deployctl verify` run is also a row in `verifications` (health, exit code, check results), which is
+what a health change is detected against.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ CREATE TABLE IF NOT EXISTS phases (
     PRIMARY KEY (deployment_id, seq)
 );
 CREATE INDEX IF NOT EXISTS deployments_env ON deployments(environment, started_at);
+CREATE TABLE IF NOT EXISTS verifications (
+    deployment_id TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    healthy INTEGER NOT NULL,
+    exit_code INTEGER NOT NULL,
+    outcome TEXT,
+    seconds REAL,
+    checks TEXT NOT NULL DEFAULT '{}',
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verifications_env ON verifications(environment);
 """
 
 
@@ -140,3 +153,45 @@ class History:
             del phase["deployment_id"], phase["seq"]
             deployment.phases.append(phase)
         return deployment
+
+    # ------------------------------------------------------------ verifications (deployctl verify runs)
+
+    def record_verification(self, deployment_id: str, environment: str, healthy: bool, exit_code: int,
+                            checks: dict | None = None, outcome: str | None = None,
+                            seconds: float | None = None, at: str | None = None) -> dict:
+        row = {"deployment_id": deployment_id, "environment": environment, "healthy": bool(healthy),
+               "exit_code": int(exit_code), "outcome": outcome,
+               "seconds": None if seconds is None else round(seconds, 2), "checks": checks or {},
+               "at": at or now()}
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "INSERT INTO verifications (deployment_id, environment, healthy, exit_code, outcome, "
+                "seconds, checks, at) VALUES (?,?,?,?,?,?,?,?)",
+                (deployment_id, environment, int(row["healthy"]), row["exit_code"], outcome, row["seconds"],
+                 json.dumps(row["checks"]), row["at"]),
+            )
+        return row
+
+    def verifications(self, environment: str, limit: int = 20) -> list[dict]:
+        """The environment's verifications, newest (last recorded) first."""
+        return self._verifications("environment=?", (environment,), limit)
+
+    def verification_of(self, deployment_id: str) -> dict | None:
+        found = self._verifications("deployment_id=?", (deployment_id,), 1)
+        return found[0] if found else None
+
+    def _verifications(self, where: str, args: tuple, limit: int) -> list[dict]:
+        with closing(self._connect()) as db:
+            rows = db.execute(f"SELECT * FROM verifications WHERE {where} ORDER BY rowid DESC LIMIT ?",
+                              (*args, limit)).fetchall()
+        result = []
+        for row in rows:
+            values = dict(row)
+            values["healthy"] = bool(values["healthy"])
+            values["checks"] = json.loads(values["checks"] or "{}")
+            result.append(values)
+        return result
+
+    def last_verification(self, environment: str) -> dict | None:
+        last = self.verifications(environment, limit=1)
+        return last[0] if last else None

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from deployctl.errors import BadInput
+from deployctl.notify import Channel, parse_channels
 
 CONFIG_NAME = "deployctl.yml"
 
@@ -28,6 +29,7 @@ ENVIRONMENT_KEYS = {
     "phase_timeout",
     "backup",
     "forks",
+    "notify",
 }
 
 
@@ -41,6 +43,7 @@ class Environment:
     phase_timeout: int = 900
     backup: bool = True
     forks: int | None = None
+    notify: tuple[Channel, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Project:
 
 
 def check_version(version: str) -> str:
-    if not VERSION_PATTERN.match(version or ""):
+    if not VERSION_PATTERN.fullmatch(version or ""):
         raise BadInput(
             f"invalid version {version!r}: use letters, digits and . _ + - (at most 128), starting with a "
             "letter or digit"
@@ -110,7 +113,7 @@ def _environment(root: Path, name: str, spec: object) -> Environment:
     if not inventory.exists():
         raise BadInput(f"{where}: inventory {inventory} does not exist")
     serial = str(spec.get("serial", "100%"))
-    if not SERIAL_PATTERN.match(serial):
+    if not SERIAL_PATTERN.fullmatch(serial):
         raise BadInput(f"{where}: serial must be a count (3) or a percentage (25%), not {serial!r}")
     return Environment(
         name=name,
@@ -121,6 +124,7 @@ def _environment(root: Path, name: str, spec: object) -> Environment:
         phase_timeout=_bounded(where, spec, "phase_timeout", 900, 10, 86400),
         backup=_typed(where, spec, "backup", bool, True),
         forks=_bounded(where, spec, "forks", None, 1, 500),
+        notify=parse_channels(where, spec.get("notify"), root),
     )
 
 
