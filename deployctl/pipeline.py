@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from deployctl.console import Output
 from deployctl.errors import ExitCode
 from deployctl.history import Deployment, History
+from deployctl.notify import ANNOUNCED_ACTIONS, Notifier, finish_event, verification_event
 from deployctl.project import Environment, Project
 from deployctl.runner import AnsibleRunner, PhaseResult
 
@@ -68,6 +69,7 @@ class Run:
     migrate_started: bool = False
     backup_set: str | None = None
     unreachable: dict[str, str] = field(default_factory=dict)
+    checks: dict | None = None  # structured results of the first verify phase: {host: [check, ...]}
 
     def limit(self, hosts: list[str] | None = None) -> str | None:
         """Host pattern for the next phase: the given hosts (or all), never the unreachable ones."""
@@ -93,6 +95,7 @@ class Pipeline:
             on_event=output.on_event,
         )
         self._recovering = False
+        self.notifier = Notifier(environment.notify, project.app, environment.name, output.progress)
 
     # ---------------------------------------------------------------- commands
 
@@ -122,8 +125,6 @@ class Pipeline:
                 for name, playbook, variables in steps:
                     run.migrate_started |= name == "migrate"
                     result = self._phase(run, name, playbook, variables)
-                    if name == "deploy":
-                        run.deployed_hosts = result.processed_hosts
                     if name == "migrate":
                         run.deployment.details["schema"] = result.report("schema")
                     if not gate(result):
@@ -221,10 +222,15 @@ class Pipeline:
         run = self._start("verify", None)
         result = self._phase(run, "verify", "verify.yml", {})
         if gate(result):
-            return self._finish(run, ExitCode.OK, "healthy", "all checks passed")
-        if result.failed and not result.unreachable and result.stats is not None:
-            return self._finish(run, ExitCode.CHECKS_FAILED, "checks-failed", result.problem())
-        return self._finish(run, ExitCode.COULD_NOT_RUN, "could-not-run", result.problem())
+            outcome = self._finish(run, ExitCode.OK, "healthy", "all checks passed")
+        elif result.failed and not result.unreachable and result.stats is not None:
+            outcome = self._finish(run, ExitCode.CHECKS_FAILED, "checks-failed", result.problem())
+        else:
+            outcome = self._finish(run, ExitCode.COULD_NOT_RUN, "could-not-run", result.problem())
+        # one structured result per check and host (roles/verify, deployctl.core.probe), for --json
+        outcome.data["checks"] = [check for _, host_checks in sorted(result.report("checks").items())
+                                  for check in host_checks]
+        return outcome
 
     def maintenance(self, state: str, message: str | None, until: str | None) -> Outcome:
         run = self._start(f"maintenance-{state}", None)
@@ -268,7 +274,10 @@ class Pipeline:
     def _start(self, action: str, version: str | None) -> Run:
         deployment = self.history.start(self.env.name, action, version)
         self.output.progress(f"[bold]{deployment.id}[/bold] {action} {version or ''} on {self.env.name}")
-        return Run(deployment, token=uuid.uuid4().hex)
+        run = Run(deployment, token=uuid.uuid4().hex)
+        if action in ANNOUNCED_ACTIONS:
+            self._notify(run, f"{action}.started", "running", f"{action} started by {deployment.user}")
+        return run
 
     def _variables(self, run: Run, extra: dict) -> dict:
         deployment = run.deployment
@@ -289,6 +298,14 @@ class Pipeline:
                                  playbook, self._variables(run, extra), limit=run.limit(hosts))
         passed = gate(result)
         run.unreachable.update(result.unreachable)
+        if name == "deploy":
+            # a deploy cut short (cancel, timeout) leaves no stats: any host may have changed, and rolling
+            # back one that did not is a no-op, so all of them go back to what preflight found
+            run.deployed_hosts = result.processed_hosts if result.stats is not None else sorted(run.before)
+        if name == "verify" and run.checks is None:
+            run.checks = result.report("checks")
+            if run.checks and run.deployment.action != "verify":
+                run.deployment.details["checks"] = run.checks  # for `deployctl report`
         self.history.add_phase(run.deployment, name, "passed" if passed else result.status,
                                result.seconds, result.changed_hosts, result.failed, result.unreachable)
         self.output.phase_finished(name, passed, result.seconds, result.problem())
@@ -297,16 +314,39 @@ class Pipeline:
         return result
 
     def _lock(self, run: Run) -> bool:
-        result = self._phase(run, "lock", "lock.yml", {})
-        if gate(result):
-            run.locked = True
-            return True
+        run.locked = True  # from here on, whatever happens, unlock with this run's token
+        run.deployment.details["lock_token"] = run.token  # lets a later run clear this one's leftovers
+        for attempt in (1, 2):
+            result = self._phase(run, "lock", "lock.yml", {})
+            if gate(result):
+                return True
+            others = {h for h, held in result.report("held_by_other").items() if held}
+            holders = {h: s for h, s in result.report("lock").items() if s and h in others}
+            stale = self._stale_locks(holders)
+            if attempt == 2 or not holders or set(holders) != {h for hosts in stale.values() for h in hosts}:
+                break
+            # locks left on hosts that were unreachable when a finished deployment of this control node
+            # unlocked: released with that deployment's own token, then the lock is taken again
+            for token, hosts in stale.items():
+                self._phase(run, "clear stale lock", "unlock.yml",
+                            {"deployctl_unlock_state": "released", "deployctl_lock_token": token}, hosts=hosts)
         # release whatever this run did take, then report who holds it
         self._release_lock(run)
-        holders = {h: s for h, s in result.report("lock").items() if s}
         run.deployment.details["lock_holders"] = holders
         run.deployment.details["lock_problem"] = result.problem()
         return False
+
+    def _stale_locks(self, holders: dict[str, dict]) -> dict[str, list[str]]:
+        """Locks held by finished deployments of this control node: {their token: [hosts]}."""
+        stale: dict[str, list[str]] = {}
+        for host, holder in holders.items():
+            if holder.get("control_node") != socket.gethostname():
+                continue
+            earlier = self.history.get(str(holder.get("deployment_id")))
+            token = earlier.details.get("lock_token") if earlier else None
+            if earlier is not None and earlier.outcome != "running" and token:
+                stale.setdefault(token, []).append(host)
+        return stale
 
     def _release_lock(self, run: Run) -> bool:
         result = self._phase(run, "unlock", "unlock.yml", {"deployctl_unlock_state": "released"})
@@ -390,8 +430,35 @@ class Pipeline:
             if not self._release_lock(run):
                 message += "; the lock could not be released (deployctl unlock)"
         run.deployment.details["message"] = message
+        self._announce(run, code, outcome, message)
         self.history.finish(run.deployment, outcome, int(code))
         return Outcome(code, outcome, message, run.deployment)
+
+    def _notify(self, run: Run, event: str, outcome: str, message: str) -> None:
+        """Send an event to the environment's channels; never fails the command, records what happened."""
+        try:
+            deployment = run.deployment
+            records = self.notifier.send(event, deployment.id, deployment.version, outcome, message)
+        except Exception as exc:  # a notification must never fail a release
+            problem = exc.__class__.__name__  # the name only: the message could hold a secret
+            records = [{"channel": "all", "event": event, "delivered": False, "error": problem}]
+            self.output.progress(f"[yellow]notification {event} not sent: {problem}[/yellow]")
+        if records:
+            run.deployment.details.setdefault("notifications", []).extend(records)
+
+    def _announce(self, run: Run, code: ExitCode, outcome: str, message: str) -> None:
+        """How a release or rollback ended; for `deployctl verify`, its record and health change alerts."""
+        action = run.deployment.action
+        if action in ANNOUNCED_ACTIONS:
+            self._notify(run, finish_event(action, outcome), outcome, message)
+        elif action == "verify":
+            previous = self.history.last_verification(self.env.name)
+            healthy = code == ExitCode.OK
+            self.history.record_verification(run.deployment.id, self.env.name, healthy, int(code), run.checks,
+                                             outcome, sum(p["seconds"] for p in run.deployment.phases))
+            event = verification_event(previous["healthy"] if previous else None, healthy)
+            if event:
+                self._notify(run, event, outcome, message)
 
     def _last_release(self):
         done = self.history.recent(self.env.name, limit=1, action="release", outcome="live")

@@ -84,6 +84,7 @@ def _read(path):
 def _write(module, path, data, mode):
     """Replace path atomically; an existing file keeps its owner and permissions, a new one gets mode."""
     new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
     try:
         with os.fdopen(handle, "wb") as out:

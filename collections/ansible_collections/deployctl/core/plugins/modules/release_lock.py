@@ -94,13 +94,8 @@ def main():
         if current is not None and current.get("token") != token:
             module.fail_json(msg=f"locked by {json.dumps(current.get('holder'), sort_keys=True)} "
                                  f"since {current.get('since')}",
-                             holder=current.get("holder"), held_by_other=True)
-    elif state == "released" and current is not None and current.get("token") == token:
-        changed = True
-        if not module.check_mode:
-            os.unlink(path)
-        current = None
-    elif state == "broken" and current is not None:
+                             holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
+    elif current is not None and (state == "broken" or (state == "released" and current.get("token") == token)):
         changed = True
         if not module.check_mode:
             os.unlink(path)

@@ -1,0 +1,112 @@
+#!/usr/bin/python
+"""Maintenance mode on one host: the flag file and the app's background workers, in one call."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: maintenance_mode
+short_description: Put up or take down the maintenance flag and stop or start the app's workers
+description:
+  - C(state=on) writes C(<app_root>/shared/maintenance.json) (message, until) and stops every worker whose
+    status command says it runs. C(state=off) starts every worker that does not run, then removes the flag.
+  - Worker commands run in C(<app_root>/current); without a live release there are no workers to touch.
+  - One module call instead of a task per step: maintenance mode sits inside the release's downtime.
+options:
+  app_root: {description: Root of the app (holds shared/ and current)., type: path, required: true}
+  state: {description: Wanted state., type: str, choices: ["on", "off"], required: true}
+  message: {description: Shown to users while maintenance is on., type: str, default: ""}
+  until: {description: When maintenance is expected to end., type: str, default: ""}
+  workers:
+    description: Workers, each with C(name), C(status) (exit 0 when running), C(stop) and C(start) commands.
+    type: list
+    elements: dict
+    default: []
+author: deployctl maintainers
+"""
+
+EXAMPLES = r"""
+- name: Maintenance on
+  deployctl.core.maintenance_mode:
+    app_root: /srv/app
+    state: "on"
+    message: Back in five minutes
+    workers:
+      - {name: jobs, status: bin/worker status, stop: bin/worker stop, start: bin/worker start}
+"""
+
+RETURN = r"""
+stopped: {description: Workers stopped., type: list, returned: always}
+started: {description: Workers started., type: list, returned: always}
+"""
+
+import json
+import os
+import shlex
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _run(command, cwd):
+    return subprocess.run(shlex.split(command), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "app_root": {"type": "path", "required": True},
+            "state": {"type": "str", "required": True, "choices": ["on", "off"]},
+            "message": {"type": "str", "default": ""},
+            "until": {"type": "str", "default": ""},
+            "workers": {"type": "list", "elements": "dict", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    shared = os.path.join(params["app_root"], "shared")
+    flag = os.path.join(shared, "maintenance.json")
+    current = os.path.join(params["app_root"], "current")
+    check = module.check_mode
+    turning_on = params["state"] == "on"
+    changed = False
+    stopped, started = [], []
+
+    if turning_on:
+        content = json.dumps({"message": params["message"], "until": params["until"]}, indent=2) + "\n"
+        try:
+            with open(flag) as handle:
+                same = handle.read() == content
+        except FileNotFoundError:
+            same = False
+        if not same:
+            changed = True
+            if not check:
+                os.makedirs(shared, exist_ok=True)
+                with open(flag + ".tmp", "w") as handle:
+                    handle.write(content)
+                os.replace(flag + ".tmp", flag)
+
+    workers = params["workers"] if os.path.isdir(current) else []
+    for worker in workers:
+        running = _run(worker["status"], current).returncode == 0
+        if running != turning_on:
+            continue
+        changed = True
+        (stopped if turning_on else started).append(worker["name"])
+        if check:
+            continue
+        done = _run(worker["stop" if turning_on else "start"], current)
+        if done.returncode != 0:
+            module.fail_json(msg=f"could not {'stop' if turning_on else 'start'} worker {worker['name']}: "
+                                 f"{(done.stderr or done.stdout).strip()[-500:]}", stopped=stopped, started=started)
+
+    if not turning_on and os.path.exists(flag):
+        changed = True
+        if not check:
+            os.unlink(flag)
+
+    module.exit_json(changed=changed, stopped=stopped, started=started)
+
+
+if __name__ == "__main__":
+    main()
