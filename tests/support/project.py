@@ -87,7 +87,7 @@ class DemoProject:
             ],
             "deployctl_verify_retries": 3,
             "deployctl_verify_delay": 1,
-            "deployctl_database": {"engine": "sqlite", "name": str(self.app_root / "shared/data/demo.db")},
+            "deployctl_database": {"engine": "sqlite", "name": "{{ deployctl_app_root }}/shared/data/demo.db"},
             "deployctl_backup_dir": str(self.backups),
             "deployctl_preflight_min_free_mb": 10,
             **(group_vars or {}),
