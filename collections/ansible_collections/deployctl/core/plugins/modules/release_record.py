@@ -26,6 +26,13 @@ options:
   shared: {description: Names under shared/ linked into the release (C(live)) or created as directories (C(prepared))., type: list, elements: str, default: []}
   keep: {description: Releases kept after a switch (the live one and the rollback target always stay)., type: int, default: 5}
   required_commands: {description: Commands whose absence C(read) reports., type: list, elements: str, default: []}
+  link:
+    description:
+      - With C(false) the live version is kept in the record only, for strategies without release directories
+        (compose); C(live) then needs no C(releases/<version>), links nothing and prunes nothing, and C(absent)
+        clears the recorded live version.
+    type: bool
+    default: true
 author: deployctl maintainers
 """
 
@@ -35,10 +42,17 @@ EXAMPLES = r"""
     app_root: /srv/app
     state: live
     version: v2
+
+- name: Record the image tag v2 as live (no release directories)
+  deployctl.core.release_record:
+    app_root: /srv/app
+    state: live
+    version: v2
+    link: false
 """
 
 RETURN = r"""
-live: {description: Version C(current) points at (null when none)., type: str, returned: always}
+live: {description: Version C(current) points at (null when none); with C(link=false) the recorded one., type: str, returned: always}
 previous: {description: Version that was live before the live one., type: str, returned: always}
 releases: {description: Release directories present on the host., type: list, returned: always}
 history: {description: Versions in the order they went live, newest last., type: list, returned: always}
@@ -106,9 +120,22 @@ def _switch(current, target):
     os.replace(tmp, current)  # rename(2) over the old link: readers see the old or the new, never none
 
 
-def _report(paths, record):
+def _record_live(paths, record, version, deployment_id):
+    """Record `version` as live without a current link (link=false)."""
+    record["previous"] = record.get("live")
+    record["live"] = version
+    record.setdefault("history", []).append({
+        "version": version,
+        "deployment_id": deployment_id,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    record["history"] = record["history"][-HISTORY_LIMIT:]
+    _write_atomic(paths["record"], record)
+
+
+def _report(paths, record, link=True):
     return {
-        "live": _live(paths["current"]),
+        "live": _live(paths["current"]) if link else record.get("live"),
         "previous": record.get("previous"),
         "releases": _releases(paths["releases"]),
         "history": [entry["version"] for entry in record.get("history", [])],
@@ -167,6 +194,7 @@ def main():
             "shared": {"type": "list", "elements": "str", "default": []},
             "keep": {"type": "int", "default": 5},
             "required_commands": {"type": "list", "elements": "str", "default": []},
+            "link": {"type": "bool", "default": True},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"])],
         supports_check_mode=True,
@@ -198,6 +226,14 @@ def main():
             changed = True  # left half unpacked by an interrupted deploy: start it again
             if not check:
                 shutil.rmtree(release)
+    elif state == "live" and not params["link"]:
+        live = record.get("live")
+        if live != params["version"]:
+            changed = True
+            if not check:
+                _record_live(paths, record, params["version"], params["deployment_id"])
+        result["switched"] = live != params["version"]
+        result["pruned"] = []
     elif state == "live":
         version = params["version"]
         target = os.path.join(paths["releases"], version)
@@ -229,6 +265,13 @@ def main():
             shutil.rmtree(os.path.join(paths["releases"], old))
         changed = changed or bool(doomed)
         result["pruned"] = doomed
+    elif state == "absent" and not params["link"]:
+        if record.get("live") is not None:
+            changed = True
+            if not check:
+                record["previous"] = record["live"]
+                record["live"] = None
+                _write_atomic(paths["record"], record)
     elif state == "absent":
         live = _live(paths["current"])
         if live is not None:
@@ -238,7 +281,7 @@ def main():
                 record["previous"] = live
                 _write_atomic(paths["record"], record)
 
-    result.update(_report(paths, record))
+    result.update(_report(paths, record, params["link"]))
     module.exit_json(changed=changed, **result)
 
 
