@@ -4,8 +4,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# the repository (tests.support, demo) and the collection's module_utils, as the modules import them
+for path in (REPO, REPO / "collections"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from tests.support.project import DemoProject  # noqa: E402
 

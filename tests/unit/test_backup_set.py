@@ -574,7 +574,8 @@ CREATE VIEW v_kinds AS SELECT id, txt FROM kinds;
 def test_postgres_round_trip(pg_db, backup_dir):
     pg(PG_SCHEMA, pg_db)
     before = pg_snapshot(pg_db)
-    res = bs.take_set(pg_params(pg_db, backup_dir, label="deploy-7", live_version="2.0.0"))
+    prefix = f"dcrt_{uuid.uuid4().hex[:6]}_"  # its own scratch names: other tests verify sets meanwhile
+    res = bs.take_set(pg_params(pg_db, backup_dir, label="deploy-7", live_version="2.0.0", scratch_prefix=prefix))
     manifest = res["manifest"]
     assert res["verified"] and not manifest["bad"]
     assert manifest["tables"]["public.kinds"]["rows"] == 3 and manifest["tables"]["public.audit"]["rows"] == 3
@@ -583,7 +584,7 @@ def test_postgres_round_trip(pg_db, backup_dir):
     assert manifest["objects"]["routines"] == ["public.audit_fn()"]
     assert manifest["objects"]["triggers"] == ["public.kinds.kinds_audit"]
     assert (Path(res["path"]) / "db.dump").read_bytes()[:5] == b"PGDMP"
-    assert not pg("SELECT datname FROM pg_database WHERE datname LIKE 'deployctl_verify_%'").strip()
+    assert not pg(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'").strip()
 
     pg(
         "INSERT INTO kinds (txt) VALUES ('after'); DELETE FROM audit; DROP TABLE other.\"Mixed Case\"; "

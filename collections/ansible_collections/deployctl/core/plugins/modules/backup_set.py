@@ -41,8 +41,10 @@ options:
       - V(restored) restores a set into the live database (and the archived files in place).
       - V(listed) returns the complete sets, newest first.
       - V(verified) re-verifies an existing set (file hashes plus a scratch restore).
+      - V(inspected) returns the live database's state (per table its rows and a content digest, and its schema
+        objects) without writing anything: what a rollback compares with the state a release left.
     type: str
-    choices: [present, restored, listed, verified]
+    choices: [present, restored, listed, verified, inspected]
     default: present
   engine:
     description:
@@ -84,6 +86,14 @@ options:
   label:
     description: Free label stored in the manifest and used in the default O(set_id), e.g. the deployment id.
     type: str
+  purpose:
+    description: Why the set is taken (pre-release, safety before a restore, manual), stored in the manifest.
+    type: str
+  process_registry:
+    description:
+      - Directory where the dump and restore tools are recorded while they run (see M(deployctl.core.tracked_processes)),
+        so that recovery can stop them; not recorded when unset.
+    type: path
   live_version:
     description: Application version that is live while the set is taken (stored in the manifest).
     type: str
@@ -234,9 +244,10 @@ import tarfile
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils import processes
 
 MANIFEST = "manifest.json"
 DUMP_FILE = "db.dump"
@@ -266,6 +277,8 @@ DEFAULTS = {
     "backup_dir": None,
     "set_id": None,
     "label": None,
+    "purpose": None,
+    "process_registry": None,
     "live_version": None,
     "files": [],
     "keep": 5,
@@ -304,7 +317,7 @@ class VerifyError(BackupError):
 
 
 def _now():
-    return datetime.now(UTC)
+    return datetime.now(timezone.utc)
 
 
 def _iso(dt):
@@ -393,7 +406,7 @@ def normalize_params(params):
     """Fill defaults and validate the parameters shared by all states."""
     p = dict(DEFAULTS)
     p.update({k: v for k, v in (params or {}).items() if v is not None or k not in DEFAULTS})
-    if p["state"] not in ("present", "restored", "listed", "verified"):
+    if p["state"] not in ("present", "restored", "listed", "verified", "inspected"):
         raise BackupError("unknown state {!r}".format(p["state"]))
     if not p["backup_dir"]:
         raise BackupError("backup_dir is required")
@@ -487,7 +500,7 @@ class _Sink:
             return
         self._out = os.fdopen(fd, "wb")
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in abort()
-        self._proc = subprocess.Popen(
+        self._proc = processes.popen(
             _openssl_argv(False, self.key_file), stdin=subprocess.PIPE, stdout=self._out, stderr=self._err
         )
         self._fh = self._proc.stdin
@@ -587,7 +600,7 @@ def _pump(argv, sink, what, env=None):
     """Run a dump command and stream its stdout into ``sink``."""
     errf = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, env=env)
+        proc = processes.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, env=env)
         try:
             while True:
                 chunk = proc.stdout.read(CHUNK)
@@ -627,7 +640,7 @@ class _DumpSource:
                 yield fh
             return
         errf = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
-        proc = subprocess.Popen(
+        proc = processes.popen(
             _openssl_argv(True, self.key_file, self.info.get("encryption")) + ["-in", self.path],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -682,7 +695,7 @@ def _openssl_reason(err):
 def _run_with_stdin(argv, src, what, env=None):
     """Run ``argv`` reading ``src`` (a file object) on stdin; raise BackupError on failure."""
     with tempfile.TemporaryFile() as errf, tempfile.TemporaryFile() as outf:
-        rc = subprocess.run(argv, stdin=src, stdout=outf, stderr=errf, env=env).returncode
+        rc = processes.popen(argv, stdin=src, stdout=outf, stderr=errf, env=env).wait()
         if rc != 0:
             raise BackupError(f"{what} failed (exit {rc}): {_read_tmp(errf) or _read_tmp(outf)}")
 
@@ -763,7 +776,7 @@ class MysqlEngine(_Engine):
         ]
         if db is not None:
             argv.append("--database=" + db)
-        res = subprocess.run(argv, input=sql.encode("utf-8"), capture_output=True)
+        res = processes.run(argv, input=sql.encode("utf-8"))
         if res.returncode != 0:
             err = res.stderr.decode("utf-8", "replace").strip()
             raise BackupError(f"mysql query failed (exit {res.returncode}): {err}")
@@ -913,7 +926,7 @@ class MysqlEngine(_Engine):
     def _is_oracle_mysqldump(self):
         if "mariadb" in os.path.basename(self.dumper):
             return False
-        res = subprocess.run([self.dumper, "--version"], capture_output=True)
+        res = processes.run([self.dumper, "--version"])
         return b"mariadb" not in res.stdout.lower()
 
     def _load(self, source, db):
@@ -949,6 +962,9 @@ class MysqlEngine(_Engine):
     def live_state(self, manifest):
         return self.inspect(self.database, expected=manifest.get("tables"))
 
+    def current_state(self):
+        return self.inspect(self.database, record=True)
+
 
 # ---- PostgreSQL
 
@@ -974,7 +990,7 @@ class _PsqlSession:
 
     def __init__(self, engine, db):
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self._proc = subprocess.Popen(
+        self._proc = processes.popen(
             engine.psql_argv(db),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -1121,8 +1137,8 @@ class PostgresEngine(_Engine):
         ]
 
     def query(self, sql, db=None):
-        res = subprocess.run(
-            self.psql_argv(db or self.database), input=sql.encode("utf-8"), capture_output=True, env=self.env
+        res = processes.run(
+            self.psql_argv(db or self.database), input=sql.encode("utf-8"), env=self.env
         )
         if res.returncode != 0:
             err = res.stderr.decode("utf-8", "replace").strip()
@@ -1272,6 +1288,9 @@ class PostgresEngine(_Engine):
     def live_state(self, manifest):
         return self.inspect(self.database)
 
+    def current_state(self):
+        return self.inspect(self.database)
+
 
 # ---- SQLite
 
@@ -1419,6 +1438,10 @@ class SqliteEngine(_Engine):
                 src.close()
 
     def live_state(self, manifest):
+        return self.inspect(self.database)
+
+    def current_state(self):
+        self._require_live()
         return self.inspect(self.database)
 
 
@@ -1769,6 +1792,7 @@ def take_set(params, hooks=None, check_mode=False):
                     "format_version": FORMAT_VERSION,
                     "set_id": set_id,
                     "label": p["label"],
+                    "purpose": p["purpose"],
                     "created_at": _iso(now),
                     "engine": engine.name,
                     "server_version": server_version,
@@ -1847,7 +1871,25 @@ def take_set(params, hooks=None, check_mode=False):
         "pruned": pruned,
         "verified": manifest["verified"],
         "checksum_fallback": fallback,
+        "data": data_digest(manifest),
     }
+
+
+def data_digest(state):
+    """A database state as rollbacks compare it: per table the row count and one content digest (the row
+    md5 where the engine records one, else its checksum), and the schema objects."""
+    tables = {name: {"rows": t.get("rows"), "digest": t.get("row_md5") or t.get("checksum")}
+              for name, t in (state.get("tables") or {}).items()}
+    return {"tables": tables, "objects": state.get("objects") or {}}
+
+
+def inspect_live(params):
+    """state=inspected: the live database's state, read only."""
+    p = normalize_params(dict(params, state="inspected"))
+    if not p["engine"] or not p["database"]:
+        raise BackupError("engine and database are required for state=inspected")
+    with _engine(p) as engine:
+        return {"changed": False, "data": data_digest(engine.current_state())}
 
 
 def _load_for(p):
@@ -1961,6 +2003,8 @@ def run(params, check_mode=False, hooks=None):
             return restore_set(p, check_mode=check_mode)
         if state == "verified":
             return verify_set(p, check_mode=check_mode)
+        if state == "inspected":
+            return inspect_live(p)
         if state == "listed":
             normalize_params(p)
             return {"changed": False, "sets": list_sets(os.path.abspath(p["backup_dir"]))}
@@ -1978,7 +2022,8 @@ def run(params, check_mode=False, hooks=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type="str", default="present", choices=["present", "restored", "listed", "verified"]),
+            state=dict(type="str", default="present",
+                       choices=["present", "restored", "listed", "verified", "inspected"]),
             engine=dict(type="str", choices=["sqlite", "mysql", "postgresql"]),
             database=dict(type="str"),
             login_host=dict(type="str"),
@@ -1989,6 +2034,8 @@ def main():
             backup_dir=dict(type="path", required=True),
             set_id=dict(type="str"),
             label=dict(type="str"),
+            purpose=dict(type="str"),
+            process_registry=dict(type="path"),
             live_version=dict(type="str"),
             files=dict(type="list", elements="path", default=[]),
             keep=dict(type="int", default=5),
@@ -2000,11 +2047,13 @@ def main():
         ),
         required_if=[
             ("state", "present", ("engine", "database")),
+            ("state", "inspected", ("engine", "database")),
             ("state", "restored", ("set_id",)),
             ("state", "verified", ("set_id",)),
         ],
         supports_check_mode=True,
     )
+    processes.configure(module.params["process_registry"], module.params["label"], "backup " + module.params["state"])
     try:
         result = run(module.params, check_mode=module.check_mode)
     except BackupError as exc:

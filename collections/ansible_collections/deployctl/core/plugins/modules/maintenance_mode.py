@@ -42,13 +42,14 @@ started: {description: Workers started., type: list, returned: always}
 import json
 import os
 import shlex
-import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils import processes
 
 
-def _run(command, cwd):
-    return subprocess.run(shlex.split(command), cwd=cwd, capture_output=True, text=True, timeout=300)
+def _run(command, cwd, label):
+    done = processes.run(shlex.split(command), cwd=cwd, timeout=300, label=label)
+    return done.returncode, (done.stderr or done.stdout).decode("utf-8", "replace").strip()
 
 
 def main():
@@ -59,6 +60,7 @@ def main():
             "message": {"type": "str", "default": ""},
             "until": {"type": "str", "default": ""},
             "workers": {"type": "list", "elements": "dict", "default": []},
+            "deployment_id": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -86,19 +88,21 @@ def main():
                     handle.write(content)
                 os.replace(flag + ".tmp", flag)
 
+    processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"])
     workers = params["workers"] if os.path.isdir(current) else []
     for worker in workers:
-        running = _run(worker["status"], current).returncode == 0
+        running = _run(worker["status"], current, "worker status")[0] == 0
         if running != turning_on:
             continue
         changed = True
         (stopped if turning_on else started).append(worker["name"])
         if check:
             continue
-        done = _run(worker["stop" if turning_on else "start"], current)
-        if done.returncode != 0:
-            module.fail_json(msg=f"could not {'stop' if turning_on else 'start'} worker {worker['name']}: "
-                                 f"{(done.stderr or done.stdout).strip()[-500:]}", stopped=stopped, started=started)
+        verb = "stop" if turning_on else "start"
+        rc, output = _run(worker[verb], current, "worker " + verb)
+        if rc != 0:
+            module.fail_json(msg="could not %s worker %s: %s" % (verb, worker["name"], output[-500:]),
+                             stopped=stopped, started=started)
 
     if not turning_on and os.path.exists(flag):
         changed = True
