@@ -17,7 +17,18 @@ options:
     choices: [acquired, released, broken, inspected]
     default: inspected
   token: {description: Secret-free random token of the holder., type: str}
-  holder: {description: Who takes the lock (deployment id, user, control node)., type: dict, default: {}}
+  holder: {description: Who takes the lock (deployment id, user, control node, pid)., type: dict, default: {}}
+  adopt:
+    description:
+      - With C(state=acquired), take over a lock held by this deployment id (a deployment whose control
+        node died, being recovered), atomically; a lock held by anyone else is still refused.
+    type: str
+    default: ""
+  only_holders:
+    description: With C(state=broken), break the lock only when its holder is one of these deployment ids.
+    type: list
+    elements: str
+    default: []
 author: deployctl maintainers
 """
 
@@ -37,27 +48,27 @@ held_by_other: {description: True when someone else holds the lock., type: bool,
 
 import json
 import os
-import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, utc_stamp, write_atomic
 
 
 def _read(path):
     try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None
+        return read_json(path)
     except ValueError:
         return {"token": None, "holder": {"error": "unreadable lock file"}}
 
 
+def _content(token, holder):
+    return json.dumps({"token": token, "holder": holder, "since": utc_stamp()})
+
+
 def _acquire(path, token, holder):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{token}.tmp"
+    tmp = "%s.%d.%s.tmp" % (path, os.getpid(), token)
     with open(tmp, "w") as handle:
-        json.dump({"token": token, "holder": holder, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                  handle)
+        handle.write(_content(token, holder))
     try:
         os.link(tmp, path)
         return True
@@ -65,6 +76,14 @@ def _acquire(path, token, holder):
         return False
     finally:
         os.unlink(tmp)
+
+
+def _adopt(path, current, token, holder):
+    """Replace the lock of a dead deployment with ours, unless it changed hands since it was read."""
+    if _read(path) != current:
+        return False
+    write_atomic(path, _content(token, holder))
+    return True
 
 
 def main():
@@ -75,6 +94,8 @@ def main():
                       "choices": ["acquired", "released", "broken", "inspected"]},
             "token": {"type": "str", "no_log": False},
             "holder": {"type": "dict", "default": {}},
+            "adopt": {"type": "str", "default": ""},
+            "only_holders": {"type": "list", "elements": "str", "default": []},
         },
         required_if=[("state", "acquired", ["token"]), ("state", "released", ["token"])],
         supports_check_mode=True,
@@ -83,6 +104,12 @@ def main():
     current = _read(path)
     changed = False
 
+    adopt = module.params["adopt"]
+    holder_id = str(((current or {}).get("holder") or {}).get("deployment_id"))
+    if state == "acquired" and adopt and current is not None and current.get("token") != token and holder_id == adopt:
+        changed = True
+        if not module.check_mode and _adopt(path, current, token, module.params["holder"]):
+            current = _read(path)
     if state == "acquired":
         if current is None:
             changed = True
@@ -92,9 +119,13 @@ def main():
             elif not module.check_mode:
                 current = _read(path)
         if current is not None and current.get("token") != token:
-            module.fail_json(msg=f"locked by {json.dumps(current.get('holder'), sort_keys=True)} "
-                                 f"since {current.get('since')}",
+            module.fail_json(msg="locked by %s since %s" % (json.dumps(current.get("holder"), sort_keys=True),
+                                                            current.get("since")),
                              holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
+    elif state == "broken" and current is not None and module.params["only_holders"] and \
+            holder_id not in module.params["only_holders"]:
+        module.fail_json(msg="the lock changed hands: it is now held by %s" % json.dumps(current.get("holder")),
+                         holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
     elif current is not None and (state == "broken" or (state == "released" and current.get("token") == token)):
         changed = True
         if not module.check_mode:

@@ -1,29 +1,54 @@
 #!/usr/bin/python
-"""Read and change which release is live on a host, and remember the order releases went live."""
+# Copyright: deployctl maintainers
+# MIT License (see galaxy.yml)
+"""Read and change which release is live on a host, and remember which releases really went live."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
+---
 module: release_record
-short_description: The live release of an app on one host, switched atomically and recorded
+short_description: The live release of an app on one host, switched atomically and recorded ahead
+version_added: "0.1.0"
 description:
-  - Keeps C(<app_root>/.deployctl/release.json) with the live version, the version before it and the order
-    in which releases went live, so that rollback targets and pruning never depend on directory mtimes.
+  - Keeps C(<app_root>/.deployctl/release.json), the host's own record of its releases. Each switch is an
+    entry (version, deployment, time, status): C(pending) while the deployment that made it runs, C(live)
+    once that deployment finished with the release live, C(undone) once it was rolled back. Only C(live)
+    entries count as releases that went live: the rollback target (C(previous)) and pruning come from them,
+    never from directory mtimes, and a release that failed is never a rollback target.
+  - A deployment writes ahead what recovery needs (C(state=begun)) before it changes anything, so that
+    C(deployctl recover) can finish it from the host's record when the control node died.
   - C(state=live) points C(<app_root>/current) at C(releases/<version>) with an atomic rename.
 options:
   app_root: {description: Root of the app (holds releases/, shared/, current)., type: path, required: true}
   state:
     description:
-      - C(read) reports the host's release state, lock holder, free space and missing commands.
-      - C(prepared) creates the directories and clears a partly unpacked C(version).
-      - C(live) links the shared paths into C(version), switches C(current) to it, records it and prunes.
-      - C(absent) removes C(current) (taking down a first release).
+      - C(read) reports the host's release state, the unfinished deployment, the lock holder, the maintenance
+        flag, free space and missing commands.
+      - C(begun) records ahead that O(deployment_id) starts, with the version live now; it fails when another
+        deployment did not finish on this host.
+      - C(prepared) creates the directories, clears a partly unpacked O(version) and saves the O(preserve)
+        files of shared/ for a rollback of O(deployment_id).
+      - C(live) links the shared paths into O(version), switches C(current) to it, records it and prunes.
+      - C(rolled_back) makes O(version) live again (empty to take down a first release): the entries since
+        it went live are undone, and the shared files the first undone deployment saved are put back before
+        the switch.
+      - C(settled) ends O(deployment_id): its entries become C(live) (O(outcome=live)) or C(undone), and
+        the record of the unfinished deployment is cleared.
+      - C(absent) removes C(current).
     type: str
-    choices: [read, prepared, live, absent]
+    choices: [read, begun, prepared, live, rolled_back, settled, absent]
     default: read
   version: {description: Release to prepare or make live., type: str}
-  deployment_id: {description: Deployment that made the change, recorded in the history., type: str}
+  deployment_id: {description: Deployment that makes the change., type: str, default: ""}
+  action: {description: What the deployment is (release, rollback...), for C(begun)., type: str, default: ""}
+  outcome:
+    description: How O(deployment_id) ended, for C(settled); C(abandoned) leaves its entries as they are.
+    type: str
+    choices: [live, undone, abandoned]
+    default: live
   shared: {description: Names under shared/ linked into the release (C(live)) or created as directories (C(prepared))., type: list, elements: str, default: []}
+  preserve: {description: Files under shared/ saved by C(prepared) and put back by C(rolled_back)., type: list, elements: str, default: []}
   keep: {description: Releases kept after a switch (the live one and the rollback target always stay)., type: int, default: 5}
   required_commands: {description: Commands whose absence C(read) reports., type: list, elements: str, default: []}
   link:
@@ -33,127 +58,136 @@ options:
         clears the recorded live version.
     type: bool
     default: true
-author: deployctl maintainers
+author:
+  - deployctl maintainers
 """
 
 EXAMPLES = r"""
+- name: Record ahead that a release starts
+  deployctl.core.release_record:
+    app_root: /srv/app
+    state: begun
+    deployment_id: DEP-20261201-093000
+    action: release
+
 - name: Make v2 live
   deployctl.core.release_record:
     app_root: /srv/app
     state: live
     version: v2
+    deployment_id: DEP-20261201-093000
 
-- name: Record the image tag v2 as live (no release directories)
+- name: The release is live
   deployctl.core.release_record:
     app_root: /srv/app
-    state: live
-    version: v2
-    link: false
+    state: settled
+    deployment_id: DEP-20261201-093000
+    outcome: live
 """
 
 RETURN = r"""
 live: {description: Version C(current) points at (null when none); with C(link=false) the recorded one., type: str, returned: always}
-previous: {description: Version that was live before the live one., type: str, returned: always}
+previous: {description: The release that went live before the live one (what a rollback goes to)., type: str, returned: always}
 releases: {description: Release directories present on the host., type: list, returned: always}
-history: {description: Versions in the order they went live, newest last., type: list, returned: always}
+history: {description: Versions in the order they were switched to (undone ones left out), newest last., type: list, returned: always}
+entries: {description: The last switches (version, deployment_id, at, status), newest last., type: list, returned: always}
+pending: {description: The deployment that began and has not settled (deployment_id, action, before, at), or null., type: dict, returned: always}
 complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
-lock: {description: Holder of the release lock, null when free., type: dict, returned: when state is read}
-free_mb: {description: Free space where releases go., type: int, returned: when state is read}
-missing_commands: {description: Required commands not found on the host., type: list, returned: when state is read}
+restored_files: {description: Shared files put back by C(rolled_back)., type: list, returned: when state is rolled_back}
+lock: {description: Holder of the release lock, null when free., type: dict, returned: when state is read or begun}
+maintenance: {description: Whether the maintenance flag is up., type: bool, returned: when state is read or begun}
+free_mb: {description: Free space where releases go., type: int, returned: when state is read or begun}
+missing_commands: {description: Required commands not found on the host., type: list, returned: when state is read or begun}
+unfinished: {description: The deployment that did not finish on this host, when C(begun) fails because of it., type: dict, returned: on failure}
 """
 
-import json
 import os
 import shutil
-import time
-
-COMPLETE_MARKER = ".deployctl-complete"
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, utc_stamp, write_json_atomic
 
+COMPLETE_MARKER = ".deployctl-complete"
 HISTORY_LIMIT = 100
+ENTRIES_REPORTED = 20
+LIVE, PENDING, UNDONE = "live", "pending", "undone"
 
 
-def _paths(app_root):
-    return {
-        "record": os.path.join(app_root, ".deployctl", "release.json"),
-        "releases": os.path.join(app_root, "releases"),
-        "current": os.path.join(app_root, "current"),
-    }
+class Record:
+    """release.json and the paths around it."""
 
+    def __init__(self, app_root, link=True):
+        self.app_root = app_root
+        self.link = link
+        self.state_dir = os.path.join(app_root, ".deployctl")
+        self.path = os.path.join(self.state_dir, "release.json")
+        self.releases_dir = os.path.join(app_root, "releases")
+        self.current = os.path.join(app_root, "current")
+        self.data = read_json(self.path, {}) or {}
+        self.data.setdefault("history", [])
+        for entry in self.data["history"]:
+            entry.setdefault("status", LIVE)  # records written before entries had a status
 
-def _load(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return {"previous": None, "history": []}
+    def save(self):
+        self.data["history"] = self.data["history"][-HISTORY_LIMIT:]
+        self.data.pop("previous", None)  # derived, never stored
+        write_json_atomic(self.path, self.data)
 
+    @property
+    def entries(self):
+        return self.data["history"]
 
-def _live(current):
-    if not os.path.islink(current):
-        return None
-    return os.path.basename(os.path.normpath(os.readlink(current)))
+    @property
+    def pending(self):
+        return self.data.get("pending")
 
+    def live(self):
+        if not self.link:
+            return self.data.get("live")
+        if not os.path.islink(self.current):
+            return None
+        return os.path.basename(os.path.normpath(os.readlink(self.current)))
 
-def _releases(releases_dir):
-    if not os.path.isdir(releases_dir):
-        return []
-    return sorted(d for d in os.listdir(releases_dir)
-                  if not d.startswith(".") and os.path.isdir(os.path.join(releases_dir, d)))
+    def went_live(self):
+        """Versions that went live, in order, repeats in a row collapsed."""
+        chain = []
+        for entry in self.entries:
+            if entry["status"] == LIVE and (not chain or chain[-1] != entry["version"]):
+                chain.append(entry["version"])
+        return chain
 
+    def previous(self):
+        live, chain = self.live(), self.went_live()
+        if live in chain:
+            index = len(chain) - 1 - chain[::-1].index(live)
+            return chain[index - 1] if index > 0 else None
+        return chain[-1] if chain else None
 
-def _write_atomic(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    def releases(self):
+        if not os.path.isdir(self.releases_dir):
+            return []
+        return sorted(d for d in os.listdir(self.releases_dir)
+                      if not d.startswith(".") and os.path.isdir(os.path.join(self.releases_dir, d)))
+
+    def saved_dir(self, deployment_id):
+        return os.path.join(self.state_dir, "deployments", deployment_id)
+
+    def report(self):
+        return {
+            "live": self.live(),
+            "previous": self.previous(),
+            "releases": self.releases() if self.link else [],
+            "history": [e["version"] for e in self.entries if e["status"] != UNDONE],
+            "entries": self.entries[-ENTRIES_REPORTED:],
+            "pending": self.pending,
+        }
 
 
 def _switch(current, target):
-    tmp = f"{current}.{os.getpid()}.tmp"
+    tmp = "%s.%d.tmp" % (current, os.getpid())
     os.symlink(target, tmp)
     os.replace(tmp, current)  # rename(2) over the old link: readers see the old or the new, never none
-
-
-def _record_live(paths, record, version, deployment_id):
-    """Record `version` as live without a current link (link=false)."""
-    record["previous"] = record.get("live")
-    record["live"] = version
-    record.setdefault("history", []).append({
-        "version": version,
-        "deployment_id": deployment_id,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-    record["history"] = record["history"][-HISTORY_LIMIT:]
-    _write_atomic(paths["record"], record)
-
-
-def _report(paths, record, link=True):
-    return {
-        "live": _live(paths["current"]) if link else record.get("live"),
-        "previous": record.get("previous"),
-        "releases": _releases(paths["releases"]),
-        "history": [entry["version"] for entry in record.get("history", [])],
-    }
-
-
-def _prune(paths, record, keep):
-    live = _live(paths["current"])
-    protected = {live, record.get("previous")}
-    order = [entry["version"] for entry in record.get("history", [])]
-    present = _releases(paths["releases"])
-    # newest first by the order they went live; releases never made live count as newest (just unpacked)
-    ranked = [v for v in present if v not in order] + [v for v in reversed(order) if v in present]
-    seen = []
-    for version in ranked:
-        if version not in seen:
-            seen.append(version)
-    return [v for v in seen[keep:] if v not in protected]
 
 
 def _link(source, dest):
@@ -173,115 +207,244 @@ def _free_mb(path):
     return shutil.disk_usage(path).free // (1024 * 1024)
 
 
-def _read_lock(app_root):
+def _read_lock(state_dir):
     try:
-        with open(os.path.join(app_root, ".deployctl", "lock")) as handle:
-            lock = json.load(handle)
-        return dict(lock.get("holder") or {}, since=lock.get("since"))
-    except FileNotFoundError:
-        return None
+        lock = read_json(os.path.join(state_dir, "lock"))
     except ValueError:
         return {"error": "unreadable lock file"}
+    if lock is None:
+        return None
+    return dict(lock.get("holder") or {}, since=lock.get("since"))
+
+
+def _prune(record, keep):
+    """Releases beyond the newest `keep` that went live; never the live one, the rollback target or the
+    version live before an unfinished deployment. Releases never switched to (staged) stay; undone ones
+    go first."""
+    protected = {record.live(), record.previous(), (record.pending or {}).get("before")}
+    switched = {e["version"] for e in record.entries}
+    live_order = list(reversed(record.went_live()))
+    present = record.releases()
+    ranked = [v for v in present if v not in switched]
+    ranked += [v for v in live_order if v in present and v not in ranked]
+    undone = [v for v in present if v not in ranked]
+    doomed = [v for v in ranked[keep:] + undone if v not in protected]
+    return doomed
+
+
+def _prune_saved(record):
+    """Saved shared files of deployments no longer in the record."""
+    root = os.path.join(record.state_dir, "deployments")
+    known = {e.get("deployment_id") for e in record.entries} | {(record.pending or {}).get("deployment_id")}
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        if name not in known:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _preserve(record, deployment_id, names):
+    """Save shared/<name> once per deployment, before the deployment rewrites it."""
+    saved = record.saved_dir(deployment_id)
+    manifest_path = os.path.join(saved, "saved.json")
+    manifest = read_json(manifest_path, {}) or {}
+    changed = False
+    for name in names:
+        if name in manifest:
+            continue
+        source = os.path.join(record.app_root, "shared", name)
+        target = os.path.join(saved, "shared", name)
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        if os.path.isfile(source) and not os.path.islink(source):
+            shutil.copy2(source, target)
+            manifest[name] = "saved"
+        else:
+            manifest[name] = "absent"
+        changed = True
+    if changed:
+        write_json_atomic(manifest_path, manifest, mode=0o600)
+    return changed
+
+
+def _put_back(record, deployment_id):
+    """Put back the shared files `deployment_id` saved; returns their names."""
+    saved = record.saved_dir(deployment_id)
+    manifest = read_json(os.path.join(saved, "saved.json"), {}) or {}
+    restored = []
+    for name, how in sorted(manifest.items()):
+        dest = os.path.join(record.app_root, "shared", name)
+        if how == "saved":
+            tmp = "%s.%d.tmp" % (dest, os.getpid())
+            shutil.copy2(os.path.join(saved, "shared", name), tmp)
+            os.replace(tmp, dest)
+        elif os.path.lexists(dest):
+            os.unlink(dest)
+        restored.append(name)
+    return restored
+
+
+def _entry(record, version, deployment_id):
+    # a deployment settles its entries when it ends; a switch outside one (a plain ansible-playbook run, an
+    # AWX job without deployctl) is live at once, since nobody will settle it
+    record.entries.append({"version": version, "deployment_id": deployment_id, "at": utc_stamp(),
+                           "status": PENDING if deployment_id else LIVE})
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
             "app_root": {"type": "path", "required": True},
-            "state": {"type": "str", "default": "read", "choices": ["read", "prepared", "live", "absent"]},
+            "state": {"type": "str", "default": "read",
+                      "choices": ["read", "begun", "prepared", "live", "rolled_back", "settled", "absent"]},
             "version": {"type": "str"},
-            "deployment_id": {"type": "str"},
+            "deployment_id": {"type": "str", "default": ""},
+            "action": {"type": "str", "default": ""},
+            "outcome": {"type": "str", "default": "live", "choices": ["live", "undone", "abandoned"]},
             "shared": {"type": "list", "elements": "str", "default": []},
+            "preserve": {"type": "list", "elements": "str", "default": []},
             "keep": {"type": "int", "default": 5},
             "required_commands": {"type": "list", "elements": "str", "default": []},
             "link": {"type": "bool", "default": True},
         },
-        required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"])],
+        required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]),
+                     ("state", "begun", ["deployment_id"]), ("state", "settled", ["deployment_id"])],
         supports_check_mode=True,
     )
     params = module.params
-    app_root = params["app_root"]
-    paths = _paths(app_root)
-    record = _load(paths["record"])
-    state = params["state"]
-    check = module.check_mode
+    try:
+        record = Record(params["app_root"], params["link"])
+    except ValueError as exc:
+        module.fail_json(msg="the release record of %s is unreadable: %s" % (params["app_root"], exc))
+    state, check, deployment = params["state"], module.check_mode, params["deployment_id"]
     changed = False
     result = {}
 
-    if state == "read":
-        result["lock"] = _read_lock(app_root)
-        result["free_mb"] = _free_mb(app_root)
+    if state in ("read", "begun"):
+        result["lock"] = _read_lock(record.state_dir)
+        result["maintenance"] = os.path.exists(os.path.join(params["app_root"], "shared", "maintenance.json"))
+        result["free_mb"] = _free_mb(params["app_root"])
         result["missing_commands"] = [c for c in params["required_commands"] if shutil.which(c) is None]
+
+    if state == "begun":
+        pending = record.pending
+        if pending and pending.get("deployment_id") != deployment:
+            module.fail_json(msg="deployment %s (%s, started %s) did not finish on this host: run `deployctl "
+                                 "recover`" % (pending.get("deployment_id"), pending.get("action"), pending.get("at")),
+                             unfinished=pending, **record.report())
+        if not pending:
+            changed = True
+            if not check:
+                record.data["pending"] = {"deployment_id": deployment, "action": params["action"],
+                                          "before": record.live(), "at": utc_stamp()}
+                record.save()
+
     elif state == "prepared":
-        wanted = [app_root, paths["releases"], os.path.join(app_root, "shared")]
-        wanted += [os.path.join(app_root, "shared", name) for name in params["shared"]]
+        root = params["app_root"]
+        wanted = [root, record.releases_dir, os.path.join(root, "shared")]
+        wanted += [os.path.join(root, "shared", name) for name in params["shared"]]
         for directory in wanted:
             if not os.path.isdir(directory):
                 changed = True
                 if not check:
                     os.makedirs(directory, mode=0o755)
-        release = os.path.join(paths["releases"], params["version"])
+        release = os.path.join(record.releases_dir, params["version"])
         result["complete"] = os.path.exists(os.path.join(release, COMPLETE_MARKER))
         if os.path.isdir(release) and not result["complete"]:
             changed = True  # left half unpacked by an interrupted deploy: start it again
             if not check:
                 shutil.rmtree(release)
-    elif state == "live" and not params["link"]:
-        live = record.get("live")
-        if live != params["version"]:
-            changed = True
-            if not check:
-                _record_live(paths, record, params["version"], params["deployment_id"])
-        result["switched"] = live != params["version"]
-        result["pruned"] = []
+        if params["preserve"] and deployment and not check:
+            changed |= _preserve(record, deployment, params["preserve"])
+
     elif state == "live":
         version = params["version"]
-        target = os.path.join(paths["releases"], version)
-        if not os.path.isdir(target):
-            module.fail_json(msg=f"release {version} is not on this host ({target} is missing)")
-        for name in params["shared"]:
-            source = os.path.join(app_root, "shared", name)
-            dest = os.path.join(target, name)
-            if not (os.path.islink(dest) and os.readlink(dest) == source):
-                changed = True
-                if not check:
-                    _link(source, dest)
-        live = _live(paths["current"])
-        if live != version:
+        live = record.live()
+        if record.link:
+            target = os.path.join(record.releases_dir, version)
+            if not os.path.isdir(target):
+                module.fail_json(msg="release %s is not on this host (%s is missing)" % (version, target))
+            for name in params["shared"]:
+                source = os.path.join(params["app_root"], "shared", name)
+                dest = os.path.join(target, name)
+                if not (os.path.islink(dest) and os.readlink(dest) == source):
+                    changed = True
+                    if not check:
+                        _link(source, dest)
+        last = next((e for e in reversed(record.entries) if e["version"] == version), None)
+        # already live (a batch run again, or a host a failed deployment switched before it was cut off):
+        # this deployment still owns the entry, so that it settles with this deployment's outcome
+        owned = live == version and last is not None and (last["status"] == LIVE or last["deployment_id"] == deployment)
+        if live != version or not owned:
             changed = True
             if not check:
-                _switch(paths["current"], target)
-                record["previous"] = live
-                record.setdefault("history", []).append({
-                    "version": version,
-                    "deployment_id": params["deployment_id"],
-                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                })
-                record["history"] = record["history"][-HISTORY_LIMIT:]
-                _write_atomic(paths["record"], record)
+                if live != version and record.link:
+                    _switch(record.current, target)
+                elif live != version:
+                    record.data["live"] = version
+                _entry(record, version, deployment)
+                record.save()
         result["switched"] = live != version
-        doomed = [] if check else _prune(paths, record, params["keep"])
+        doomed = _prune(record, params["keep"]) if record.link and not check else []
         for old in doomed:
-            shutil.rmtree(os.path.join(paths["releases"], old))
+            shutil.rmtree(os.path.join(record.releases_dir, old))
         changed = changed or bool(doomed)
         result["pruned"] = doomed
-    elif state == "absent" and not params["link"]:
-        if record.get("live") is not None:
+
+    elif state == "rolled_back":
+        target = params["version"] or None
+        live = record.live()
+        chain_positions = [i for i, e in enumerate(record.entries) if e["status"] == LIVE and e["version"] == target]
+        since = chain_positions[-1] + 1 if chain_positions else 0
+        undo = [e for e in record.entries[since:] if e["status"] != UNDONE and
+                (chain_positions or e["status"] == PENDING or target is None)]
+        if target is not None and record.link and not os.path.isdir(os.path.join(record.releases_dir, target)):
+            module.fail_json(msg="release %s is not on this host: nothing to roll back to" % target)
+        restored = []
+        if undo or live != target:
             changed = True
             if not check:
-                record["previous"] = record["live"]
-                record["live"] = None
-                _write_atomic(paths["record"], record)
+                for entry in undo:
+                    if os.path.exists(os.path.join(record.saved_dir(entry["deployment_id"]), "saved.json")):
+                        restored = _put_back(record, entry["deployment_id"])
+                        break
+                for entry in undo:
+                    entry["status"] = UNDONE
+                if live != target:
+                    if not record.link:
+                        record.data["live"] = target
+                    elif target is None:
+                        os.unlink(record.current)
+                    else:
+                        _switch(record.current, os.path.join(record.releases_dir, target))
+                record.save()
+        result["switched"] = live != target
+        result["restored_files"] = restored
+
+    elif state == "settled":
+        outcome = params["outcome"]
+        for entry in record.entries:
+            if entry.get("deployment_id") == deployment and entry["status"] == PENDING and outcome != "abandoned":
+                entry["status"] = LIVE if outcome == "live" else UNDONE
+                changed = True
+        if (record.pending or {}).get("deployment_id") == deployment:
+            record.data.pop("pending")
+            changed = True
+        if changed and not check:
+            record.save()
+            _prune_saved(record)
+
     elif state == "absent":
-        live = _live(paths["current"])
+        live = record.live()
         if live is not None:
             changed = True
             if not check:
-                os.unlink(paths["current"])
-                record["previous"] = live
-                _write_atomic(paths["record"], record)
+                if record.link:
+                    os.unlink(record.current)
+                else:
+                    record.data["live"] = None
+                record.save()
 
-    result.update(_report(paths, record, params["link"]))
+    result.update(record.report())
     module.exit_json(changed=changed, **result)
 
 
