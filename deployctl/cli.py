@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,19 +13,20 @@ from deployctl import __version__
 from deployctl import project as projects
 from deployctl import report as reports
 from deployctl import schedule as scheduling
-from deployctl.console import Output, table
-from deployctl.errors import BadInput, DeployctlError, ExitCode
+from deployctl.console import Output, detach_dead_streams, table
+from deployctl.errors import BadInput, DeployctlError, ExitCode, StateError
 from deployctl.history import History
 from deployctl.pipeline import Outcome, Pipeline, gate
 
 EXIT_CODES_HELP = """
 \b
 Exit codes:
-  0  success                       5  failed and could not recover: needs a human
-  1  unexpected error              6  the environment is locked by someone else
-  2  bad input or configuration    7  verify: a check failed
-  3  failed, nothing was changed   8  verify: could not run
+  0  success                       6  locked by someone else, or an unfinished deployment
+  1  unexpected error              7  verify: a check failed
+  2  bad input or configuration    8  verify: could not run
+  3  failed, nothing was changed   9  deployctl's own state (history) is unusable
   4  failed and rolled back      130  interrupted (what was changed is rolled back)
+  5  failed and could not recover: needs a human
 """
 
 
@@ -71,20 +73,43 @@ def release(ctx: Context, version, no_rollback):
     _finish(ctx, ctx.pipeline(f"Release {version}", no_rollback=no_rollback).release(version))
 
 
+def data_options(command):
+    command = click.option("--restore-data", "data", flag_value="restore",
+                           help="Restore the backup set taken before what is undone, losing writes made since "
+                                "(a safety set is taken first).")(command)
+    keep = click.option("--keep-data", "data", flag_value="keep", help="Never restore the database: code only.")
+    return keep(command)
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option("--to", "to", help="Version to go back to (default: the one before the last release).")
-@click.option("--keep-data", "data", flag_value="keep", help="Never restore the database.")
-@click.option("--restore-data", "data", flag_value="restore",
-              help="Restore the database set taken when the target version was live.")
+@click.option("--to", "to", help="Version to go back to (default: the release that went live before the live one).")
+@data_options
 @click.pass_obj
 def rollback(ctx: Context, to, data):
     """Make the previous release (or --to VERSION) live again.
 
-    By default the database is restored only when the release being undone ran migrations.
+    The database is restored only when a release being undone changed the schema and restoring loses
+    nothing: the live data is still what that release left. When users wrote since, the rollback refuses
+    before touching anything and names the tables; choose --restore-data or --keep-data.
     """
     if to is not None:
         projects.check_version(to)
     _finish(ctx, ctx.pipeline("Roll back").rollback(to, data or "auto"))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--resolve", is_flag=True, help="Accept the hosts as the deployment left them, instead of rolling back.")
+@click.option("--force", is_flag=True, help="Recover a deployment that ran on another control node.")
+@data_options
+@click.pass_obj
+def recover(ctx: Context, resolve, force, data):
+    """Finish a deployment whose deployctl died (killed, crashed, control node gone).
+
+    Stops what it left running on every host, then rolls back exactly what it changed, to the versions it
+    recorded, with its own backup set where it may have changed data; works from the hosts' own records
+    when the history is lost.
+    """
+    _finish(ctx, ctx.pipeline("Recover the unfinished deployment").recover(resolve, data or "auto", force))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -148,35 +173,49 @@ def restore(ctx: Context, set_id):
     _finish(ctx, pipeline.restore(set_id))
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--force", is_flag=True, help="Also break a lock another control node holds.")
 @click.pass_obj
-def unlock(ctx: Context):
-    """Remove the environment's lock, whoever holds it (after a control node died mid-release)."""
-    _finish(ctx, ctx.pipeline("Break the lock").unlock())
+def unlock(ctx: Context, force):
+    """Break the environment's lock left by a dead deployment (never one whose deployctl still runs).
+
+    The dead deployment itself still needs `deployctl recover` to put back what it changed.
+    """
+    _finish(ctx, ctx.pipeline("Break the lock").unlock(force))
 
 
 @cli.command()
 @click.pass_obj
 def status(ctx: Context):
-    """The version live on each host, who holds the lock, and the last deployment."""
+    """What is live on each host, the maintenance flag, the lock holder, unfinished and last deployments."""
     pipeline = ctx.pipeline()
     result, hosts = pipeline.state()
-    last = pipeline.history.recent(pipeline.env.name, limit=1)
-    data = {"environment": pipeline.env.name, "hosts": hosts,
-            "unreachable": result.unreachable, "last_deployment": last[0].as_dict() if last else None}
-    rows = [[h, s.get("live") or "-", s.get("previous") or "-",
-             (s.get("lock") or {}).get("deployment_id", "")] for h, s in sorted(hosts.items())]
-    rows += [[h, "UNREACHABLE", "", ""] for h in sorted(result.unreachable)]
-    headers = ["host", "live", "previous", "locked by"]
+    data = {"environment": pipeline.env.name, "hosts": hosts, "unreachable": result.unreachable}
+    rows = [[h, s.get("live") or "-", s.get("previous") or "-", "on" if s.get("maintenance") else "off",
+             (s.get("lock") or {}).get("deployment_id", ""), (s.get("pending") or {}).get("deployment_id", "")]
+            for h, s in sorted(hosts.items())]
+    rows += [[h, "UNREACHABLE", "", "", "", ""] for h in sorted(result.unreachable)]
+    headers = ["host", "live", "previous", "maintenance", "locked by", "unfinished"]
     if any("containers" in s for s in hosts.values()):  # compose strategy: what each container runs, its health
         headers.append("containers")
         for row in rows:
             row.append(", ".join(f"{c.get('service')} {c.get('tag')} {c.get('health') or c.get('state')}"
                                  for c in hosts.get(row[0], {}).get("containers", [])))
-    summary = (f"last: {last[0].id} {last[0].action} {last[0].version or ''} → {last[0].outcome}"
-               if last else "no deployments yet")
-    data["last_verification"] = pipeline.history.last_verification(pipeline.env.name)
-    summary += "\n" + scheduling.verification_line(data["last_verification"])
+    try:
+        last = pipeline.history.recent(pipeline.env.name, limit=1)
+        unfinished = pipeline.unfinished()
+        data["last_verification"] = pipeline.history.last_verification(pipeline.env.name)
+        summary = (f"last: {last[0].id} {last[0].action} {last[0].version or ''} → {last[0].outcome}"
+                   if last else "no deployments yet")
+        summary += "\n" + scheduling.verification_line(data["last_verification"])
+    except StateError as exc:
+        last, unfinished, summary = [], [], f"history: {exc}"
+        data["history_error"] = str(exc)
+    data["last_deployment"] = last[0].as_dict() if last else None
+    data["unfinished"] = [d.as_dict() for d in unfinished]
+    for dead in unfinished:
+        summary += (f"\nUNFINISHED: {dead.id} {dead.action} {dead.version or ''} (started {dead.started_at} by "
+                    f"{dead.user}): its deployctl is gone; run `deployctl recover`")
     ctx.output.result(data, table(f"{pipeline.env.name}", headers, rows), summary)
     sys.exit(int(ExitCode.OK if gate(result) else ExitCode.COULD_NOT_RUN))
 
@@ -256,6 +295,13 @@ def schedule_list(ctx: Context):
 
 def main() -> None:
     try:
+        _main()
+    finally:
+        detach_dead_streams()
+
+
+def _main() -> None:
+    try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -268,3 +314,9 @@ def main() -> None:
         sys.exit(int(exc.exit_code))
     except SystemExit:
         raise
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("DEPLOYCTL_DEBUG"):
+            raise
+        Output(as_json="--json" in sys.argv).error(
+            f"unexpected error: {exc.__class__.__name__}: {exc} (DEPLOYCTL_DEBUG=1 shows the traceback)")
+        sys.exit(int(ExitCode.ERROR))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -15,10 +17,20 @@ class Output:
         self.quiet = quiet
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
+        self._gone: set[str] = set()
+
+    def _print(self, stream: str, *objects) -> None:
+        """Print, unless the terminal went away (an SSH session dropped): a release never stops for that."""
+        if stream in self._gone:
+            return
+        try:
+            (self.err if stream == "err" else self.out).print(*objects)
+        except (OSError, ValueError):
+            self._gone.add(stream)
 
     def progress(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(message)
+            self._print("err", message)
 
     def phase_started(self, name: str) -> None:
         self.progress(f"[bold]▶ {name}[/bold]")
@@ -36,16 +48,33 @@ class Output:
 
     def error(self, message: str) -> None:
         if self.as_json:
-            print(json.dumps({"error": message}), file=sys.stdout)
-        self.err.print(f"[red]error:[/red] {message}")
+            self._write(json.dumps({"error": message}))
+        self._print("err", f"[red]error:[/red] {message}")
+
+    def _write(self, text: str) -> None:
+        try:
+            print(text, file=sys.stdout, flush=True)
+        except (OSError, ValueError):
+            self._gone.add("out")
 
     def result(self, data, table: Table | None = None, text: str | None = None) -> None:
         if self.as_json:
-            print(json.dumps(data, indent=2, default=str))
+            self._write(json.dumps(data, indent=2, default=str))
         elif table is not None:
-            self.out.print(table)
+            self._print("out", table)
         if not self.as_json and text:
-            self.out.print(text)
+            self._print("out", text)
+
+
+def detach_dead_streams() -> None:
+    """Point stdout/stderr at /dev/null when their terminal is gone, so that the exit code survives the
+    interpreter's final flush."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> Table:

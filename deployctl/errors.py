@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     LOCKED = 6  # someone else holds the environment's lock
     CHECKS_FAILED = 7  # verify ran and a check failed
     COULD_NOT_RUN = 8  # verify could not run (host unreachable, Ansible error)
+    STATE = 9  # deployctl's own state on this control node (history, state directory) is unusable
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; what was changed has been rolled back
 
 
@@ -27,5 +28,7 @@ class BadInput(DeployctlError):
     exit_code = ExitCode.BAD_INPUT
 
 
-class LockHeld(DeployctlError):
-    exit_code = ExitCode.LOCKED
+class StateError(DeployctlError):
+    """The state directory or the history cannot be read or written; the message says what to do."""
+
+    exit_code = ExitCode.STATE

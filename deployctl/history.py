@@ -1,9 +1,11 @@
 """The deployment history: one SQLite file per project, on the control node.
 
-Every release, rollback, restore and verification is a row in `deployments` with one row per phase in
-`phases`; nothing secret is ever stored (versions, host names, counts and messages only). Each
-`deployctl verify` run is also a row in `verifications` (health, exit code, check results), which is
-what a health change is detected against.
+Every release, rollback, restore, recovery and verification is a row in `deployments` with one row per
+phase in `phases`. It is written ahead: a deployment's row exists before its first phase runs, and what
+recovery needs (the version live before on each host, the backup set, the schema) is saved the moment
+it is known, so a control node that dies mid-release leaves a record `deployctl recover` can finish.
+Nothing secret is ever stored (versions, host names, counts, checksums and messages only). Each
+`deployctl verify` run is also a row in `verifications`, which health changes are detected against.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import getpass
 import json
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from deployctl.errors import StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -54,6 +58,8 @@ CREATE TABLE IF NOT EXISTS verifications (
 CREATE INDEX IF NOT EXISTS verifications_env ON verifications(environment);
 """
 
+RUNNING = "running"
+
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -68,7 +74,7 @@ class Deployment:
     user: str
     started_at: str
     finished_at: str | None = None
-    outcome: str = "running"
+    outcome: str = RUNNING
     exit_code: int | None = None
     details: dict = field(default_factory=dict)
     phases: list[dict] = field(default_factory=list)
@@ -78,55 +84,95 @@ class Deployment:
 
 
 class History:
+    """The history file. Every failure to read or write it is a StateError with what to do about it."""
+
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
+        with self._db(transaction=False) as db:
             db.executescript(SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        return db
+    def _problem(self, exc: Exception) -> StateError:
+        return StateError(
+            f"the history {self.path} cannot be used ({exc}); move it aside (mv {self.path} {self.path}.broken) "
+            "to start a new one: the hosts keep their own records, `deployctl status` and `deployctl recover` "
+            "work from those"
+        )
 
-    def start(self, environment: str, action: str, version: str | None) -> Deployment:
+    @contextmanager
+    def _db(self, immediate: bool = False, transaction: bool = True):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
+                db.row_factory = sqlite3.Row
+                if not transaction:
+                    yield db
+                    return
+                db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            raise self._problem(exc) from None
+
+    def check_writable(self) -> None:
+        """Before anything changes: the file is a sound database this user can write."""
+        with self._db(immediate=True) as db:
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {result}")
+
+    def start(self, environment: str, action: str, version: str | None, details: dict | None = None) -> Deployment:
         stamp = datetime.now(UTC).strftime("DEP-%Y%m%d-%H%M%S")
-        with closing(self._connect()) as db, db:
+        # BEGIN IMMEDIATE serialises two commands started in the same second: each sees the other's id
+        with self._db(immediate=True) as db:
             taken = {r[0] for r in db.execute("SELECT id FROM deployments WHERE id LIKE ?", (stamp + "%",))}
-            ident = stamp
-            n = 1
+            ident, n = stamp, 1
             while ident in taken:
                 n += 1
                 ident = f"{stamp}-{n}"
-            deployment = Deployment(ident, environment, action, version, getpass.getuser(), now())
+            deployment = Deployment(ident, environment, action, version, getpass.getuser(), now(),
+                                    details=dict(details or {}))
             db.execute(
-                "INSERT INTO deployments (id, environment, action, version, user, started_at) VALUES (?,?,?,?,?,?)",
-                (ident, environment, action, version, deployment.user, deployment.started_at),
+                "INSERT INTO deployments (id, environment, action, version, user, started_at, details) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (ident, environment, action, version, deployment.user, deployment.started_at,
+                 json.dumps(deployment.details)),
             )
         return deployment
 
     def add_phase(self, deployment: Deployment, name: str, status: str, seconds: float,
                   changed: list[str], failed: dict[str, str], unreachable: dict[str, str]) -> None:
-        phase = {"name": name, "status": status, "seconds": round(seconds, 2), "changed_hosts": changed,
-                 "failed_hosts": failed, "unreachable_hosts": unreachable}
-        deployment.phases.append(phase)
-        with closing(self._connect()) as db, db:
+        """Append a phase to the deployment (in memory always, on disk with its details)."""
+        deployment.phases.append({"name": name, "status": status, "seconds": round(seconds, 2),
+                                  "changed_hosts": changed, "failed_hosts": failed,
+                                  "unreachable_hosts": unreachable})
+        self.save(deployment)
+
+    def save(self, deployment: Deployment) -> None:
+        """Write the deployment as it stands now: details, outcome, and every phase not yet on disk."""
+        with self._db(immediate=True) as db:
             db.execute(
-                "INSERT INTO phases VALUES (?,?,?,?,?,?,?,?)",
-                (deployment.id, len(deployment.phases), name, status, phase["seconds"], json.dumps(changed),
-                 json.dumps(failed), json.dumps(unreachable)),
+                "UPDATE deployments SET outcome=?, exit_code=?, finished_at=?, details=? WHERE id=?",
+                (deployment.outcome, deployment.exit_code, deployment.finished_at, json.dumps(deployment.details),
+                 deployment.id),
             )
+            for seq, phase in enumerate(deployment.phases, 1):
+                db.execute(
+                    "INSERT OR IGNORE INTO phases VALUES (?,?,?,?,?,?,?,?)",
+                    (deployment.id, seq, phase["name"], phase["status"], phase["seconds"],
+                     json.dumps(phase["changed_hosts"]), json.dumps(phase["failed_hosts"]),
+                     json.dumps(phase["unreachable_hosts"])),
+                )
 
     def finish(self, deployment: Deployment, outcome: str, exit_code: int) -> None:
         deployment.outcome, deployment.exit_code, deployment.finished_at = outcome, exit_code, now()
-        with closing(self._connect()) as db, db:
-            db.execute(
-                "UPDATE deployments SET outcome=?, exit_code=?, finished_at=?, details=? WHERE id=?",
-                (outcome, exit_code, deployment.finished_at, json.dumps(deployment.details), deployment.id),
-            )
+        self.save(deployment)
 
     def get(self, ident: str) -> Deployment | None:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             row = db.execute("SELECT * FROM deployments WHERE id=?", (ident,)).fetchone()
             return self._deployment(db, row) if row else None
 
@@ -139,7 +185,7 @@ class History:
                 args.append(value)
         query += " ORDER BY started_at DESC, id DESC LIMIT ?"
         args.append(limit)
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return [self._deployment(db, row) for row in db.execute(query, args).fetchall()]
 
     def _deployment(self, db: sqlite3.Connection, row: sqlite3.Row) -> Deployment:
@@ -163,7 +209,7 @@ class History:
                "exit_code": int(exit_code), "outcome": outcome,
                "seconds": None if seconds is None else round(seconds, 2), "checks": checks or {},
                "at": at or now()}
-        with closing(self._connect()) as db, db:
+        with self._db(immediate=True) as db:
             db.execute(
                 "INSERT INTO verifications (deployment_id, environment, healthy, exit_code, outcome, "
                 "seconds, checks, at) VALUES (?,?,?,?,?,?,?,?)",
@@ -181,7 +227,7 @@ class History:
         return found[0] if found else None
 
     def _verifications(self, where: str, args: tuple, limit: int) -> list[dict]:
-        with closing(self._connect()) as db:
+        with self._db() as db:
             rows = db.execute(f"SELECT * FROM verifications WHERE {where} ORDER BY rowid DESC LIMIT ?",
                               (*args, limit)).fetchall()
         result = []

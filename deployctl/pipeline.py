@@ -1,26 +1,31 @@
-"""The release pipeline: phases in checklist order, a gate after each, rollback when a gate fails.
+"""The release pipeline: phases in checklist order, a gate after each, recovery when a gate fails.
 
-Every command that changes servers runs here as a sequence of phase playbooks. `gate` decides whether a
-phase passed; `Pipeline` decides what happens next and records every step in the history.
+Every command that changes servers runs here as a sequence of phases (deployctl.phases). `gate` decides
+whether a phase passed; `Pipeline` decides what happens next, writes every fact recovery needs into the
+history the moment it is known, and recovers: it stops what the deployment started, on the control node
+and on every host, before it puts back code and data.
 """
 
 from __future__ import annotations
 
 import getpass
-import os
-import shutil
 import signal
-import socket
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from deployctl import processes
 from deployctl.console import Output
-from deployctl.errors import ExitCode
-from deployctl.history import Deployment, History
+from deployctl.data import migrated, reopened, unexplained_changes
+from deployctl.errors import DeployctlError, ExitCode, StateError
+from deployctl.history import RUNNING, Deployment, History
 from deployctl.notify import ANNOUNCED_ACTIONS, Notifier, finish_event, verification_event
+from deployctl.phases import PHASES, Phase
 from deployctl.project import Environment, Project
 from deployctl.runner import AnsibleRunner, PhaseResult
+
+# How a deployment's entries end in the hosts' records, by its outcome (deployctl.core.release_record).
+SETTLED = {"live": "live", "rolled-back": "undone", "interrupted": "undone", "recovered": "undone"}
 
 
 def gate(result: PhaseResult) -> bool:
@@ -56,20 +61,33 @@ class Interrupted(Exception):
     pass
 
 
+class Refused(Exception):
+    """A command stops before it changes anything; carries the outcome to report."""
+
+    def __init__(self, code: ExitCode, outcome: str, message: str):
+        super().__init__(message)
+        self.code, self.outcome, self.message = code, outcome, message
+
+
 @dataclass
 class Run:
-    """What one deployment has done so far: the facts recovery decisions are made from."""
+    """One deployment in progress. What recovery decides from lives in `deployment.details`, written ahead."""
 
     deployment: Deployment
     token: str
     locked: bool = False
     touched: bool = False
-    before: dict[str, str | None] = field(default_factory=dict)  # host -> version live before
-    deployed_hosts: list[str] = field(default_factory=list)
-    migrate_started: bool = False
-    backup_set: str | None = None
     unreachable: dict[str, str] = field(default_factory=dict)
     checks: dict | None = None  # structured results of the first verify phase: {host: [check, ...]}
+    settle: dict[str, str] = field(default_factory=dict)  # other deployments to settle on the hosts
+
+    @property
+    def details(self) -> dict:
+        return self.deployment.details
+
+    @property
+    def before(self) -> dict[str, str | None]:
+        return self.details.get("before") or {}
 
     def limit(self, hosts: list[str] | None = None) -> str | None:
         """Host pattern for the next phase: the given hosts (or all), never the unreachable ones."""
@@ -81,146 +99,107 @@ class Run:
 
 class Pipeline:
     def __init__(self, project: Project, environment: Environment, output: Output,
-                 no_rollback: bool = False):
+                 no_rollback: bool = False, runner: AnsibleRunner | None = None):
         self.project = project
         self.env = environment
         self.output = output
         self.no_rollback = no_rollback
-        self.history = History(project.state_dir / "history.db")
-        self.runner = AnsibleRunner(
+        self.runner = runner or AnsibleRunner(
             inventory=environment.inventory,
             runs_dir=project.state_dir / "runs",
             forks=environment.forks or 50,
             timeout=environment.phase_timeout,
             on_event=output.on_event,
         )
+        self._history: History | None = None
+        self._history_error: str | None = None
         self._recovering = False
         self.notifier = Notifier(environment.notify, project.app, environment.name, output.progress)
+
+    @property
+    def history(self) -> History:
+        if self._history is None:
+            self._history = History(self.project.state_dir / "history.db")
+        return self._history
 
     # ---------------------------------------------------------------- commands
 
     def release(self, version: str) -> Outcome:
-        run = self._start("release", version)
-        extra = {"deployctl_version": version}
-        with self._signals():
-            try:
-                if not self._lock(run):
-                    return self._finish_locked(run)
-                preflight = self._phase(run, "preflight", "preflight.yml", extra)
-                if not gate(preflight):
-                    return self._stop_unchanged(run, f"preflight failed: {preflight.problem()}")
-                run.before = {h: s.get("live") for h, s in preflight.report("state").items()}
-                run.deployment.details["before"] = run.before
-                if self.env.backup:
-                    backup = self._backup(run)
-                    if not gate(backup):
-                        return self._stop_unchanged(run, f"backup failed: {backup.problem()}")
-                run.touched = True
-                steps = [
-                    ("maintenance on", "maintenance.yml", {"deployctl_maintenance_state": "on"}),
-                    ("deploy", "deploy.yml", extra),
-                    ("migrate", "migrate.yml", extra),
-                    ("verify", "verify.yml", extra),
-                ]
-                for name, playbook, variables in steps:
-                    run.migrate_started |= name == "migrate"
-                    result = self._phase(run, name, playbook, variables)
-                    if name == "migrate":
-                        run.deployment.details["schema"] = result.report("schema")
-                    if not gate(result):
-                        return self._recover(run, f"{name} failed: {result.problem()}")
-                off = self._phase(run, "maintenance off", "maintenance.yml", {"deployctl_maintenance_state": "off"})
-                if not gate(off):
-                    return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                        f"{version} is live but maintenance mode could not be turned off: "
-                                        f"{off.problem()}")
-                run.deployment.details["after"] = {h: version for h in run.deployed_hosts}
-                return self._finish(run, ExitCode.OK, "live", f"{version} is live")
-            except Interrupted:
-                return self._recover(run, "interrupted", interrupted=True)
+        return self._command("release", version, lambda run: self._release(run, version), self._recover)
 
     def rollback(self, to: str | None = None, data: str = "auto") -> Outcome:
-        """Go back to the version before the last release (or to `to`), with its data if asked."""
-        run = self._start("rollback", to)
-        with self._signals():
-            try:
-                if not self._lock(run):
-                    return self._finish_locked(run)
-                state = self._phase(run, "preflight", "state.yml", {})
-                if not gate(state):
-                    return self._stop_unchanged(run, f"could not read the hosts' state: {state.problem()}")
-                live = {h: s.get("live") for h, s in state.report("state").items()}
-                run.before = live
-                last = self._last_release()
-                if to is not None:
-                    missing = sorted(h for h, s in state.report("state").items()
-                                     if s.get("live") and to not in s.get("releases", []))
-                    if missing:
-                        return self._stop_unchanged(run, f"{to} is not on {', '.join(missing)}; release it instead")
-                    targets = {h: to for h, v in live.items() if v}
-                elif last is not None:
-                    targets = {h: v for h, v in last.details.get("before", {}).items() if h in live}
-                else:
-                    targets = {}
-                restore = self._data_to_restore(to, data, last)
-                run.deployment.details.update(targets=targets, restored_set=restore)
-                run.touched = True
-                run.deployed_hosts = sorted(targets) if targets else sorted(h for h, v in live.items() if v)
-                on = self._phase(run, "maintenance on", "maintenance.yml", {"deployctl_maintenance_state": "on"})
-                if not gate(on):
-                    return self._recover(run, f"maintenance on failed: {on.problem()}")
-                rollback = self._phase(run, "rollback", "rollback.yml",
-                                       {"deployctl_rollback_targets": targets,
-                                        "deployctl_restore_set_id": restore or ""})
-                if not gate(rollback):
-                    return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                        f"rollback failed: {rollback.problem()}; maintenance mode stays on")
-                if not self._verify_and_reopen(run, sorted(h for h, v in targets.items() if v) or None):
-                    return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                        "rolled back, but verify or maintenance off failed; maintenance mode stays on")
-                what = f"rolled back to {to}" if to else "rolled back to the previous release"
-                data_note = f"; database restored from {restore}" if restore else "; data kept as it is"
-                return self._finish(run, ExitCode.OK, "rolled-back", what + data_note)
-            except Interrupted:
-                return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                    "rollback interrupted; run it again")
+        """Go back to the release before the live one (or to `to`), with its data when that loses nothing."""
+        return self._command("rollback", to, lambda run: self._rollback(run, to, data), self._stop_interrupted)
 
     def restore(self, set_id: str) -> Outcome:
-        run = self._start("restore", None)
-        run.deployment.details["restored_set"] = set_id
-        with self._signals():
-            try:
-                if not self._lock(run):
-                    return self._finish_locked(run)
-                safety = self._backup(run)
-                if not gate(safety):
-                    return self._stop_unchanged(run, f"safety backup failed: {safety.problem()}")
-                run.touched = True
-                on = self._phase(run, "maintenance on", "maintenance.yml", {"deployctl_maintenance_state": "on"})
-                restore = self._phase(run, "restore", "restore.yml", {"deployctl_restore_set_id": set_id}) \
-                    if gate(on) else on
-                if not gate(restore):
-                    return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                        f"restore of {set_id} failed: {restore.problem()}; the safety set is "
-                                        f"{run.backup_set}; maintenance mode stays on")
-                if not self._verify_and_reopen(run, None):
-                    return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                        f"{set_id} restored, but verify or maintenance off failed")
-                return self._finish(run, ExitCode.OK, "restored",
-                                    f"restored {set_id} (safety set taken first: {run.backup_set})")
-            except Interrupted:
-                return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human", "restore interrupted")
+        return self._command("restore", None, lambda run: self._restore(run, set_id), self._stop_interrupted)
+
+    def recover(self, resolve: bool = False, data: str = "auto", force: bool = False) -> Outcome:
+        return self._command("recover", None, lambda run: self._recover_unfinished(run, resolve, data, force),
+                             self._stop_interrupted, needs_history=False)
 
     def backup(self) -> Outcome:
-        run = self._start("backup", None)
-        result = self._backup(run)
-        if not gate(result):
-            return self._finish(run, ExitCode.FAILED_UNCHANGED, "failed", f"backup failed: {result.problem()}")
-        return self._finish(run, ExitCode.OK, "ok", f"backup set {run.backup_set} taken and verified")
+        def body(run: Run) -> Outcome:
+            self._lock(run)
+            result = self._backup(run, "manual")
+            if not gate(result):
+                return self._finish(run, ExitCode.FAILED_UNCHANGED, "failed", f"backup failed: {result.problem()}")
+            return self._finish(run, ExitCode.OK, "ok", f"backup set {run.details['backup_set']} taken and verified")
+
+        return self._command("backup", None, body, self._stop_interrupted)
+
+    def maintenance(self, state: str, message: str | None, until: str | None) -> Outcome:
+        variables = {}
+        if message:
+            variables["deployctl_maintenance_message"] = message
+        if until:
+            variables["deployctl_maintenance_until"] = until
+        phase = Phase.MAINTENANCE_ON if state == "on" else Phase.MAINTENANCE_OFF
+
+        def body(run: Run) -> Outcome:
+            self._lock(run)
+            result = self._phase(run, phase, variables)
+            if not gate(result):
+                return self._finish(run, ExitCode.ERROR, "failed", f"maintenance {state} failed: {result.problem()}")
+            return self._finish(run, ExitCode.OK, "ok", f"maintenance mode is {state}")
+
+        return self._command(f"maintenance-{state}", None, body, self._stop_interrupted)
+
+    def unlock(self, force: bool = False) -> Outcome:
+        """Break the environment's lock: never a live holder on this control node, another's only with force."""
+
+        def body(run: Run) -> Outcome:
+            state = self._phase(run, Phase.STATE, {})
+            if state.stats is None:
+                return self._finish(run, ExitCode.ERROR, "failed", f"could not read the locks: {state.problem()}")
+            holders = {h: s["lock"] for h, s in state.report("state").items() if s.get("lock")}
+            if not holders:
+                return self._finish(run, ExitCode.OK, "ok", "the environment is not locked")
+            for host, holder in sorted(holders.items()):
+                who = _holder(holder)
+                if processes.alive(holder):
+                    raise Refused(ExitCode.LOCKED, "locked", f"{host} is locked by {who}, which is still running "
+                                                             f"(pid {holder.get('pid')}): it will release the lock")
+                if not processes.is_local(holder) and not force:
+                    raise Refused(ExitCode.LOCKED, "locked",
+                                  f"{host} is locked by {who} from another control node: if that deployment "
+                                  "is dead, break it with `deployctl unlock --force`")
+            ids = sorted({str(h.get("deployment_id")) for h in holders.values()})
+            result = self._phase(run, Phase.UNLOCK, {"deployctl_unlock_state": "broken",
+                                                     "deployctl_unlock_holders": ids})
+            if not gate(result):
+                return self._finish(run, ExitCode.ERROR, "failed", f"unlock failed: {result.problem()}")
+            note = ""
+            unfinished = [d for d in ids if self._unfinished_in_history(d)]
+            if unfinished:
+                note = f"; {', '.join(unfinished)} did not finish: run `deployctl recover` to put back what it changed"
+            return self._finish(run, ExitCode.OK, "ok", f"the environment's lock ({', '.join(ids)}) is broken{note}")
+
+        return self._command("unlock", None, body, self._stop_interrupted, needs_history=False)
 
     def verify(self) -> Outcome:
-        run = self._start("verify", None)
-        result = self._phase(run, "verify", "verify.yml", {})
+        run = self._start("verify", None, needs_history=False)
+        result = self._phase(run, Phase.VERIFY, {})
         if gate(result):
             outcome = self._finish(run, ExitCode.OK, "healthy", "all checks passed")
         elif result.failed and not result.unreachable and result.stats is not None:
@@ -232,173 +211,210 @@ class Pipeline:
                                   for check in host_checks]
         return outcome
 
-    def maintenance(self, state: str, message: str | None, until: str | None) -> Outcome:
-        run = self._start(f"maintenance-{state}", None)
-        variables = {"deployctl_maintenance_state": state}
-        if message:
-            variables["deployctl_maintenance_message"] = message
-        if until:
-            variables["deployctl_maintenance_until"] = until
-        result = self._phase(run, f"maintenance {state}", "maintenance.yml", variables)
-        if not gate(result):
-            return self._finish(run, ExitCode.ERROR, "failed", f"maintenance {state} failed: {result.problem()}")
-        return self._finish(run, ExitCode.OK, "ok", f"maintenance mode is {state}")
-
-    def unlock(self) -> Outcome:
-        run = self._start("unlock", None)
-        result = self._phase(run, "unlock", "unlock.yml", {"deployctl_unlock_state": "broken"})
-        if not gate(result):
-            return self._finish(run, ExitCode.ERROR, "failed", f"unlock failed: {result.problem()}")
-        return self._finish(run, ExitCode.OK, "ok", "the environment's lock is released")
-
     def state(self) -> tuple[PhaseResult, dict]:
         """Read-only: what is live on each host and who holds the lock. Leaves nothing behind."""
-        ident = f"read-{uuid.uuid4().hex[:12]}"
-        try:
-            result = self.runner.run(ident, 1, "state", "state.yml", {})
-        finally:
-            shutil.rmtree(self.runner.runs_dir / ident, ignore_errors=True)
+        result = self.runner.read(PHASES[Phase.STATE].playbook, {})
         return result, result.report("state")
 
     def backups(self) -> tuple[PhaseResult, list[dict]]:
-        ident = f"read-{uuid.uuid4().hex[:12]}"
-        try:
-            result = self.runner.run(ident, 1, "backups", "backups.yml", {})
-        finally:
-            shutil.rmtree(self.runner.runs_dir / ident, ignore_errors=True)
+        result = self.runner.read("backups.yml", {})
         sets = [s for host_sets in result.report("backups").values() for s in host_sets]
         return result, sorted(sets, key=lambda s: s.get("created_at", ""), reverse=True)
 
-    # ---------------------------------------------------------------- steps
+    def unfinished(self) -> list[Deployment]:
+        """Deployments of this environment whose deployctl process on this control node is gone."""
+        return [d for d in self.history.recent(self.env.name, limit=50, outcome=RUNNING)
+                if processes.alive(d.details.get("process")) is False]
 
-    def _start(self, action: str, version: str | None) -> Run:
-        deployment = self.history.start(self.env.name, action, version)
-        self.output.progress(f"[bold]{deployment.id}[/bold] {action} {version or ''} on {self.env.name}")
-        run = Run(deployment, token=uuid.uuid4().hex)
-        if action in ANNOUNCED_ACTIONS:
-            self._notify(run, f"{action}.started", "running", f"{action} started by {deployment.user}")
-        return run
+    # ---------------------------------------------------------------- command bodies
 
-    def _variables(self, run: Run, extra: dict) -> dict:
-        deployment = run.deployment
-        return {
-            "deployctl_deployment_id": deployment.id,
-            "deployctl_lock_token": run.token,
-            "deployctl_lock_holder": {"deployment_id": deployment.id, "user": getpass.getuser(),
-                                      "control_node": socket.gethostname(), "pid": os.getpid()},
-            "deployctl_serial": self.env.serial,
-            "deployctl_max_fail_percentage": self.env.max_fail_percentage,
-            "deployctl_verify_each_batch": self.env.serial != "100%",
-            **extra,
-        }
+    def _release(self, run: Run, version: str) -> Outcome:
+        extra = {"deployctl_version": version}
+        self._lock(run)
+        preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
+        if not gate(preflight):
+            self._refuse_unfinished_hosts(preflight)
+            return self._stop_unchanged(run, f"preflight failed: {preflight.problem()}")
+        self._note(run, before={h: s.get("live") for h, s in preflight.report("state").items()})
+        if self.env.backup:
+            backup = self._backup(run, "pre-release")
+            if not gate(backup):
+                return self._stop_unchanged(run, f"backup failed: {backup.problem()}")
+        self._touch(run)
+        for phase in (Phase.MAINTENANCE_ON, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY):
+            if phase is Phase.MIGRATE:
+                self._note(run, migrate_started=True)
+            result = self._phase(run, phase, extra)
+            if phase is Phase.MIGRATE:
+                self._note(run, schema=result.report("schema"))
+            if not gate(result):
+                return self._recover(run, f"{phase} failed: {result.problem()}")
+        self._record_data_state(run)
+        off = self._phase(run, Phase.MAINTENANCE_OFF, {})
+        if not gate(off):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"{version} is live but maintenance mode could not be turned off: {off.problem()}")
+        self._note(run, after={h: version for h in run.details.get("deployed_hosts", [])})
+        return self._finish(run, ExitCode.OK, "live", f"{version} is live")
 
-    def _phase(self, run: Run, name: str, playbook: str, extra: dict, hosts: list[str] | None = None) -> PhaseResult:
-        self.output.phase_started(name)
-        result = self.runner.run(run.deployment.id, len(run.deployment.phases) + 1, name.replace(" ", "-"),
-                                 playbook, self._variables(run, extra), limit=run.limit(hosts))
-        passed = gate(result)
-        run.unreachable.update(result.unreachable)
-        if name == "deploy":
-            # a deploy cut short (cancel, timeout) leaves no stats: any host may have changed, and rolling
-            # back one that did not is a no-op, so all of them go back to what preflight found
-            run.deployed_hosts = result.processed_hosts if result.stats is not None else sorted(run.before)
-        if name == "verify" and run.checks is None:
-            run.checks = result.report("checks")
-            if run.checks and run.deployment.action != "verify":
-                run.deployment.details["checks"] = run.checks  # for `deployctl report`
-        self.history.add_phase(run.deployment, name, "passed" if passed else result.status,
-                               result.seconds, result.changed_hosts, result.failed, result.unreachable)
-        self.output.phase_finished(name, passed, result.seconds, result.problem())
-        if self.runner.cancel.is_set() and not self._recovering:
-            raise Interrupted
-        return result
+    def _rollback(self, run: Run, to: str | None, data: str) -> Outcome:
+        self._lock(run)
+        state = self._phase(run, Phase.STATE, {"deployctl_begin": True})
+        if not gate(state):
+            self._refuse_unfinished_hosts(state)
+            return self._stop_unchanged(run, f"could not read the hosts' state: {state.problem()}")
+        hosts = state.report("state")
+        live = {h: s.get("live") for h, s in hosts.items()}
+        self._note(run, before=live)
+        if not any(live.values()):
+            return self._stop_unchanged(run, "no release is live: there is nothing to roll back")
+        if to is not None:
+            missing = sorted(h for h, s in hosts.items() if s.get("live") and to not in (s.get("releases") or []))
+            if missing:
+                return self._stop_unchanged(run, f"{to} is not on {', '.join(missing)}; release it instead")
+            targets = {h: to for h, v in live.items() if v}
+        else:
+            lacking = sorted(h for h, s in hosts.items() if s.get("live") and not s.get("previous"))
+            if lacking:
+                return self._stop_unchanged(run, f"no earlier release to go back to on {', '.join(lacking)} "
+                                                 "(its live release is the first one)")
+            targets = {h: s["previous"] for h, s in hosts.items() if s.get("live")}
+        restore, note = self._data_to_restore(run, hosts, targets, data, to)
+        self._note(run, targets=targets, restored_set=restore)
+        self._touch(run)
+        on = self._phase(run, Phase.MAINTENANCE_ON, {})
+        if not gate(on):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"maintenance on failed: {on.problem()}; nothing was rolled back")
+        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(run, targets, restore))
+        self._note_safety_set(run, rollback)
+        if not gate(rollback):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"rollback failed: {rollback.problem()}; maintenance mode stays on")
+        if not self._verify_and_reopen(run, sorted(targets)):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                "rolled back, but verify or maintenance off failed; maintenance mode stays on")
+        what = f"rolled back to {to}" if to else \
+            "rolled back to " + ", ".join(sorted(set(targets.values())))
+        return self._finish(run, ExitCode.OK, "rolled-back", f"{what}; {note}")
 
-    def _lock(self, run: Run) -> bool:
-        run.locked = True  # from here on, whatever happens, unlock with this run's token
-        run.deployment.details["lock_token"] = run.token  # lets a later run clear this one's leftovers
-        for attempt in (1, 2):
-            result = self._phase(run, "lock", "lock.yml", {})
-            if gate(result):
-                return True
-            others = {h for h, held in result.report("held_by_other").items() if held}
-            holders = {h: s for h, s in result.report("lock").items() if s and h in others}
-            stale = self._stale_locks(holders)
-            if attempt == 2 or not holders or set(holders) != {h for hosts in stale.values() for h in hosts}:
-                break
-            # locks left on hosts that were unreachable when a finished deployment of this control node
-            # unlocked: released with that deployment's own token, then the lock is taken again
-            for token, hosts in stale.items():
-                self._phase(run, "clear stale lock", "unlock.yml",
-                            {"deployctl_unlock_state": "released", "deployctl_lock_token": token}, hosts=hosts)
-        # release whatever this run did take, then report who holds it
-        self._release_lock(run)
-        run.deployment.details["lock_holders"] = holders
-        run.deployment.details["lock_problem"] = result.problem()
-        return False
+    def _restore(self, run: Run, set_id: str) -> Outcome:
+        self._note(run, restored_set=set_id)
+        self._lock(run)
+        safety = self._backup(run, "safety")
+        if not gate(safety):
+            return self._stop_unchanged(run, f"safety backup failed: {safety.problem()}")
+        self._touch(run)
+        on = self._phase(run, Phase.MAINTENANCE_ON, {})
+        restore = self._phase(run, Phase.RESTORE, {"deployctl_restore_set_id": set_id}) if gate(on) else on
+        if not gate(restore):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"restore of {set_id} failed: {restore.problem()}; the safety set is "
+                                f"{run.details.get('backup_set')}; maintenance mode stays on")
+        if not self._verify_and_reopen(run, None):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"{set_id} restored, but verify or maintenance off failed")
+        return self._finish(run, ExitCode.OK, "restored",
+                            f"restored {set_id} (safety set taken first: {run.details.get('backup_set')})")
 
-    def _stale_locks(self, holders: dict[str, dict]) -> dict[str, list[str]]:
-        """Locks held by finished deployments of this control node: {their token: [hosts]}."""
-        stale: dict[str, list[str]] = {}
-        for host, holder in holders.items():
-            if holder.get("control_node") != socket.gethostname():
-                continue
-            earlier = self.history.get(str(holder.get("deployment_id")))
-            token = earlier.details.get("lock_token") if earlier else None
-            if earlier is not None and earlier.outcome != "running" and token:
-                stale.setdefault(token, []).append(host)
-        return stale
+    def _recover_unfinished(self, run: Run, resolve: bool, data: str, force: bool) -> Outcome:
+        """Finish a deployment whose control node died: roll back what it changed, or accept it as it stands."""
+        state = self._phase(run, Phase.STATE, {})
+        if state.stats is None:
+            return self._stop_unchanged(run, f"could not read the hosts' state: {state.problem()}")
+        hosts = state.report("state")
+        target = self._find_unfinished(hosts)
+        if target is None:
+            return self._finish(run, ExitCode.OK, "ok", "no unfinished deployment: nothing to recover")
+        ident, dead = target
+        self._note(run, recovering=ident)
+        holders = [s["lock"] for s in hosts.values() if s.get("lock")]
+        foreign = [h for h in holders if str(h.get("deployment_id")) != ident]
+        if foreign:
+            raise Refused(ExitCode.LOCKED, "locked", f"the environment is locked by {_holder(foreign[0])}")
+        process = (dead.details.get("process") if dead else None) or next(
+            (h for h in holders if str(h.get("deployment_id")) == ident), None)
+        if processes.alive(process):
+            raise Refused(ExitCode.LOCKED, "locked", f"{ident} is still running (pid {process.get('pid')})")
+        if process and not processes.is_local(process) and not force:
+            raise Refused(ExitCode.LOCKED, "locked",
+                          f"{ident} ran on control node {process.get('control_node')}: recover it there, or here "
+                          "with --force if that control node is gone for good")
+        leftovers = processes.kill_marked(process.get("run_id")) if processes.is_local(process) else []
+        if leftovers:
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"{ident}'s Ansible processes on this control node survived SIGKILL: pids "
+                                f"{', '.join(map(str, leftovers))}")
+        self._lock(run, adopt=ident)
+        stopped = self._stop_commands(run, ident)
+        if stopped is not None:
+            return stopped
+        if resolve:
+            run.settle[ident] = "live"
+            if dead is not None:
+                self._close_unfinished(dead, "resolved", run.deployment.id)
+            flags = sorted(h for h, s in hosts.items() if s.get("maintenance"))
+            note = f"; maintenance mode is still on on {', '.join(flags)} (deployctl maintenance off)" if flags else ""
+            return self._finish(run, ExitCode.OK, "resolved", f"{ident} is resolved as it stands{note}")
+        before = {h: (s.get("pending") or {}).get("before") for h, s in hosts.items()
+                  if (s.get("pending") or {}).get("deployment_id") == ident}
+        if dead is not None:
+            before = {**(dead.details.get("before") or {}), **before}
+        live = {h: s.get("live") for h, s in hosts.items()}
+        targets = {h: before.get(h) or "" for h in live if h in before and live[h] != before.get(h)}
+        restore, note = self._data_to_recover(run, dead, ident, hosts, data)
+        self._note(run, before=live, targets=targets, restored_set=restore)
+        self._touch(run)
+        on = self._phase(run, Phase.MAINTENANCE_ON, {})
+        if not gate(on):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human", f"maintenance on failed: {on.problem()}")
+        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(run, targets, restore, undo=ident))
+        self._note_safety_set(run, rollback)
+        if not gate(rollback):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"rolling back {ident} failed: {rollback.problem()}; maintenance mode stays on")
+        run.settle[ident] = "undone"
+        if dead is not None:
+            self._close_unfinished(dead, "recovered", run.deployment.id)
+        live_hosts = sorted(h for h, v in before.items() if v) or None
+        if not self._verify_and_reopen(run, live_hosts):
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"{ident} rolled back, but verify or maintenance off failed; maintenance stays on")
+        back = ", ".join(sorted({v or "nothing" for v in targets.values()})) or "what was live before"
+        return self._finish(run, ExitCode.OK, "rolled-back", f"{ident} rolled back to {back}; {note}")
 
-    def _release_lock(self, run: Run) -> bool:
-        result = self._phase(run, "unlock", "unlock.yml", {"deployctl_unlock_state": "released"})
-        run.locked = not gate(result)
-        return not run.locked
+    # ---------------------------------------------------------------- recovery
 
-    def _backup(self, run: Run) -> PhaseResult:
-        last = self._last_release()
-        protect = [last.details["backup_set"]] if last and last.details.get("backup_set") else []
-        live = sorted({v for v in run.before.values() if v})
-        result = self._phase(run, "backup", "backup.yml", {"deployctl_backup_protect": protect,
-                                                            "deployctl_live_version": ",".join(live)})
-        sets = [r.get("set_id") for r in result.report("backup").values()]
-        if sets:
-            run.backup_set = sets[0]
-            run.deployment.details["backup_set"] = run.backup_set
-        return result
-
-    def _verify_and_reopen(self, run: Run, hosts: list[str] | None) -> bool:
-        if hosts is None or hosts:
-            verify = self._phase(run, "verify", "verify.yml", {}, hosts=hosts)
-            if not gate(verify):
-                return False
-        off = self._phase(run, "maintenance off", "maintenance.yml", {"deployctl_maintenance_state": "off"})
-        return gate(off)
-
-    def _recover(self, run: Run, reason: str, interrupted: bool = False) -> Outcome:
-        """Put back what this release changed: code per host, the database if migrate ran."""
+    def _recover(self, run: Run, reason: str) -> Outcome:
+        """Put back what this release changed: stop what it started, then data (if it migrated) and code."""
+        interrupted = reason == "interrupted"
         self._recovering = True
         self.runner.cancel.clear()
-        code = ExitCode.INTERRUPTED if interrupted else ExitCode.ROLLED_BACK
         if not run.touched:
             return self._finish(run, ExitCode.INTERRUPTED if interrupted else ExitCode.FAILED_UNCHANGED,
                                 "interrupted" if interrupted else "unchanged", f"{reason}; nothing was changed")
+        self._note(run, failure=reason)
         if self.no_rollback:
-            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                f"{reason}; not rolled back (--no-rollback), maintenance mode stays on")
-        changed = [h for h in run.deployed_hosts if h not in run.unreachable]
-        targets = {h: run.before.get(h) or "" for h in changed}
-        restore = run.backup_set if run.migrate_started else None
+            stopped = self._stop_commands(run, run.deployment.id)
+            return stopped or self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                           f"{reason}; not rolled back (--no-rollback), maintenance mode stays on")
         self.output.progress(f"[yellow]rolling back: {reason}[/yellow]")
-        run.deployment.details.update(targets=targets, restored_set=restore, failure=reason)
+        restore = run.details.get("backup_set") if run.details.get("migrate_started") else None
+        stopped = self._stop_commands(run, run.deployment.id, restoring=bool(restore))
+        if stopped is not None:
+            return stopped
+        changed = [h for h in run.details.get("deployed_hosts", []) if h not in run.unreachable]
+        targets = {h: run.before.get(h) or "" for h in changed}
+        self._note(run, targets=targets, restored_set=restore)
         steps_ok = True
         if targets or restore:
-            rollback = self._phase(run, "rollback", "rollback.yml",
-                                   {"deployctl_rollback_targets": targets, "deployctl_restore_set_id": restore or ""})
+            rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(run, targets, restore))
+            self._note_safety_set(run, rollback)
             steps_ok = gate(rollback)
         if steps_ok:
-            live_hosts = [h for h, v in run.before.items() if v]
-            steps_ok = self._verify_and_reopen(run, live_hosts)
+            steps_ok = self._verify_and_reopen(run, [h for h, v in run.before.items() if v])
         if run.unreachable:
-            run.deployment.details["needs_attention"] = sorted(run.unreachable)
+            self._note(run, needs_attention=sorted(run.unreachable))
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"{reason}; rolled back the reachable hosts; unreachable, needs attention: "
                                 f"{', '.join(sorted(run.unreachable))}")
@@ -406,32 +422,404 @@ class Pipeline:
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"{reason}; the rollback failed too, maintenance mode stays on")
         restored = f", database restored from {restore}" if restore else ""
-        return self._finish(run, code, "interrupted" if interrupted else "rolled-back",
-                            f"{reason}; rolled back{restored}")
+        return self._finish(run, ExitCode.INTERRUPTED if interrupted else ExitCode.ROLLED_BACK,
+                            "interrupted" if interrupted else "rolled-back", f"{reason}; rolled back{restored}")
+
+    def _stop_interrupted(self, run: Run, reason: str) -> Outcome:
+        """A rollback, restore or hand-run command was interrupted: stop what it started, then a human decides."""
+        self._recovering = True
+        self.runner.cancel.clear()
+        if not run.touched:
+            return self._finish(run, ExitCode.INTERRUPTED, "interrupted", f"{reason}; nothing was changed")
+        stopped = self._stop_commands(run, run.deployment.id)
+        return stopped or self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                       f"{reason}: what it had started is stopped; maintenance mode stays on, "
+                                       f"run `deployctl {run.deployment.action}` again")
+
+    def _stop_commands(self, run: Run, ident: str, restoring: bool = True) -> Outcome | None:
+        """Kill what `ident` started, here and on every host; an outcome when that cannot be confirmed."""
+        leftovers = processes.kill_marked(processes.RUN_ID) if ident == run.deployment.id else []
+        stop = self._phase(run, Phase.STOP_COMMANDS, {})
+        survivors = {h: s for h, s in stop.report("survivors").items() if s}
+        if leftovers:
+            survivors["control node"] = [{"pid": pid, "label": "ansible"} for pid in leftovers]
+        if survivors:
+            named = "; ".join(f"{h}: " + ", ".join(f"pid {s.get('pid')} ({s.get('label')})" for s in found)
+                              for h, found in sorted(survivors.items()))
+            self._note(run, survivors=survivors)
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"commands of {ident} could not be stopped ({named}); nothing was restored, "
+                                "maintenance mode stays on")
+        unconfirmed = sorted(set(stop.unreachable) | set(stop.failed))
+        if unconfirmed and restoring:
+            self._note(run, needs_attention=unconfirmed)
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"could not confirm that {ident}'s commands stopped on {', '.join(unconfirmed)} "
+                                f"({stop.problem()}); nothing was restored, maintenance mode stays on")
+        return None
+
+    def _find_unfinished(self, hosts: dict) -> tuple[str, Deployment | None] | None:
+        """The deployment to recover: from the history when it is readable, else from the hosts' records."""
+        dead = None
+        try:
+            found = self.unfinished()
+            dead = found[-1] if found else None  # the oldest one: later ones were refused behind it
+        except StateError as exc:
+            self.output.progress(f"[yellow]{exc}; recovering from the hosts' records[/yellow]")
+        if dead is not None:
+            return dead.id, dead
+        for state in hosts.values():
+            pending, lock = state.get("pending") or {}, state.get("lock") or {}
+            for ident in (pending.get("deployment_id"), lock.get("deployment_id")):
+                if ident:
+                    return str(ident), self._deployment_or_none(str(ident))
+        return None
+
+    def _deployment_or_none(self, ident: str) -> Deployment | None:
+        try:
+            return self.history.get(ident)
+        except StateError:
+            return None
+
+    def _unfinished_in_history(self, ident: str) -> bool:
+        deployment = self._deployment_or_none(ident)
+        return deployment is not None and deployment.outcome == RUNNING
+
+    def _close_unfinished(self, dead: Deployment, outcome: str, by: str) -> None:
+        dead.details["recovered_by"] = by
+        self._save(lambda: self.history.finish(dead, outcome, int(ExitCode.NEEDS_HUMAN)))
+
+    # ---------------------------------------------------------------- data decisions
+
+    def _undone(self, hosts: dict, targets: dict[str, str]) -> tuple[list[str], list[Deployment]]:
+        """The deployments a rollback to `targets` undoes (their ids, and those the history knows), oldest first."""
+        idents: list[str] = []
+        for host, target in targets.items():
+            entries = hosts[host].get("entries") or []
+            positions = [i for i, e in enumerate(entries) if e.get("status") == "live" and e.get("version") == target]
+            for entry in entries[positions[-1] + 1 if positions else 0:]:
+                ident = entry.get("deployment_id")
+                if entry.get("status") != "undone" and ident and ident not in idents:
+                    idents.append(ident)
+        return idents, [d for d in (self._deployment_or_none(i) for i in idents) if d is not None]
+
+    def _writes_lost(self, run: Run, undone: list[Deployment], hosts: dict) -> str | None:
+        """None when restoring the set taken before `undone` loses nothing; else what it would lose, or why
+        nobody can tell."""
+        held = not reopened(undone[-1]) and all(s.get("maintenance") for s in hosts.values() if s.get("live"))
+        live = None
+        if not held:
+            check = self._phase(run, Phase.DATA_CHECK, {})
+            live = next(iter(check.report("data").values()), None)
+            if not gate(check) or live is None:
+                return f"the live database could not be read: {check.problem()}"
+        changed, unknown = unexplained_changes(undone, live)
+        if unknown:
+            return unknown
+        return f"users wrote since: {', '.join(changed[:20])} changed" if changed else None
+
+    def _data_to_restore(self, run: Run, hosts: dict, targets: dict, data: str,
+                         to: str | None) -> tuple[str | None, str]:
+        """Which set a rollback restores, and why; refuses when the default would lose writes."""
+        if data == "keep":
+            return None, "data kept as it is (--keep-data)"
+        idents, undone = self._undone(hosts, targets)
+        first = undone[0] if undone and undone[0].id == idents[0] else None
+        candidate = first.details.get("backup_set") if first else None
+        if data == "restore":
+            if candidate is None and to is not None:
+                _, sets = self.backups()
+                verified = [s for s in sets if to in str(s.get("live_version", "")).split(",") and s.get("verified")]
+                candidate = verified[0]["set_id"] if verified else None
+            if candidate is None:
+                raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                              "no backup set to restore (the history has none for the releases undone); "
+                              "nothing was changed")
+            return candidate, f"database restored from {candidate} (--restore-data)"
+        if not self.env.backup:
+            return None, "data kept as it is (backups are off for this environment)"
+        if len(undone) < len(idents):
+            unknown = ", ".join(i for i in idents if i not in {d.id for d in undone})
+            raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                          f"the history has no record of {unknown}, so whether restoring data would lose writes "
+                          "cannot be told: choose --keep-data or --restore-data; nothing was changed")
+        changed_schema = [d for d in undone if migrated(d) is not False]
+        if not changed_schema:
+            return None, "no release undone changed the schema: data kept as it is"
+        if candidate is None:
+            raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                          f"{changed_schema[0].id} changed the schema but no backup set was taken before it: "
+                          "choose --keep-data; nothing was changed")
+        lost = self._writes_lost(run, undone, hosts)
+        if lost:
+            raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                          f"{changed_schema[0].id} changed the schema, and restoring {candidate} would lose data "
+                          f"({lost}); choose --restore-data (restore it, losing those writes; a safety set is taken "
+                          "first) or --keep-data (code only); nothing was changed")
+        return candidate, f"database restored from {candidate} (nothing was written since)"
+
+    def _data_to_recover(self, run: Run, dead: Deployment | None, ident: str, hosts: dict,
+                         data: str) -> tuple[str | None, str]:
+        """The set that puts the data back as it was before `ident`, when `ident` may have changed it.
+
+        A release's own set is the one it took before maintenance; a rollback's or a restore's is the safety
+        set it took before restoring (without one, it restored nothing yet).
+        """
+        details = dead.details if dead is not None else {}
+        action = dead.action if dead is not None else next(
+            ((s.get("pending") or {}).get("action") for s in hosts.values() if s.get("pending")), "release")
+        purpose = "pre-release" if action == "release" else "safety"
+        if action == "release":
+            candidate = details.get("backup_set")
+        else:
+            candidate = details.get("safety_set") or (details.get("backup_set") if action == "restore" else None)
+        if candidate is None:
+            _, sets = self.backups()
+            mine = [s for s in sets if s.get("label") == ident and s.get("purpose", "pre-release") == purpose
+                    and s.get("verified")]
+            candidate = mine[-1]["set_id"] if mine else None
+        if action == "release" and dead is not None and migrated(dead) is False:
+            return None, f"{ident} did not change the schema: data kept as it is"
+        if candidate is None:
+            return None, f"data kept as it is ({ident} took no backup set, so it changed no data)"
+        if data == "keep":
+            return None, "data kept as it is (--keep-data)"
+        if data == "restore":
+            return candidate, f"database restored from {candidate} (--restore-data)"
+        lost = self._writes_lost(run, [dead], hosts) if dead is not None else (
+            None if all(s.get("maintenance") for s in hosts.values() if s.get("live")) else
+            "the history has no record of it")
+        if lost:
+            raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                          f"restoring {candidate} could lose data written since {ident} ({lost}): choose "
+                          "--restore-data or --keep-data; nothing was changed")
+        return candidate, f"database restored from {candidate} (nothing was written since)"
+
+    # ---------------------------------------------------------------- steps
+
+    def _command(self, action: str, version: str | None, body, on_interrupt, needs_history: bool = True) -> Outcome:
+        run = self._start(action, version, needs_history=needs_history)
+        with self._signals():
+            try:
+                return body(run)
+            except Interrupted:
+                return on_interrupt(run, "interrupted")
+            except Refused as refusal:
+                return self._finish(run, refusal.code, refusal.outcome, refusal.message)
+
+    def _start(self, action: str, version: str | None, needs_history: bool = True) -> Run:
+        token = uuid.uuid4().hex
+        details = {"process": processes.identity(), "lock_token": token}
+        self._check_state_dir()
+        if needs_history:
+            self.history.check_writable()
+            stuck = self.unfinished()
+            if stuck and action != "recover":
+                raise _unfinished_error(stuck[-1])
+        try:
+            deployment = self.history.start(self.env.name, action, version, details)
+        except StateError as exc:
+            if needs_history:
+                raise
+            self._history_error = str(exc)
+            deployment = Deployment(f"DEP-{uuid.uuid4().hex[:12]}", self.env.name, action, version,
+                                    getpass.getuser(), "", details=details)
+        self.output.progress(f"[bold]{deployment.id}[/bold] {action} {version or ''} on {self.env.name}")
+        run = Run(deployment, token=token)
+        if action in ANNOUNCED_ACTIONS:
+            self._notify(run, f"{action}.started", "running", f"{action} started by {deployment.user}")
+        return run
+
+    def _check_state_dir(self) -> None:
+        state = self.project.state_dir
+        probe = state / f".writable-{uuid.uuid4().hex[:8]}"
+        try:
+            (state / "runs").mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise StateError(f"the state directory {state} is not writable ({exc.strerror}): nothing was "
+                             "touched") from None
+
+    def _save(self, write) -> None:
+        """Write to the history; a failure is reported once and never abandons what is under way."""
+        try:
+            write()
+        except StateError as exc:
+            if self._history_error is None:
+                self.output.progress(f"[red]the history could not be written: {exc}[/red]")
+            self._history_error = str(exc)
+
+    def _note(self, run: Run, **values) -> None:
+        """Record facts the moment they are known (write-ahead), for recovery and for `deployctl recover`."""
+        run.details.update(values)
+        self._save(lambda: self.history.save(run.deployment))
+
+    def _touch(self, run: Run) -> None:
+        run.touched = True
+        self._note(run, touched=True)
+
+    def _variables(self, run: Run, extra: dict) -> dict:
+        deployment = run.deployment
+        return {
+            "deployctl_deployment_id": deployment.id,
+            "deployctl_action": deployment.action,
+            "deployctl_lock_token": run.token,
+            "deployctl_lock_holder": {"deployment_id": deployment.id, "user": deployment.user,
+                                      **run.details["process"]},
+            "deployctl_serial": self.env.serial,
+            "deployctl_max_fail_percentage": self.env.max_fail_percentage,
+            "deployctl_verify_each_batch": self.env.serial != "100%",
+            **extra,
+        }
+
+    def _phase(self, run: Run, phase: Phase, extra: dict, hosts: list[str] | None = None) -> PhaseResult:
+        spec = PHASES[phase]
+        self.output.phase_started(phase)
+        result = self.runner.run(run.deployment.id, len(run.deployment.phases) + 1, phase.replace(" ", "-"),
+                                 spec.playbook, self._variables(run, {**spec.variables, **extra}),
+                                 limit=run.limit(hosts))
+        passed = gate(result)
+        run.unreachable.update(result.unreachable)
+        if phase is Phase.DEPLOY:
+            # a deploy cut short (cancel, timeout) leaves no stats: any host may have changed, and rolling
+            # back one that did not is a no-op, so all of them go back to what preflight found
+            run.details["deployed_hosts"] = result.processed_hosts if result.stats is not None else sorted(run.before)
+        if phase is Phase.VERIFY and run.checks is None:
+            run.checks = result.report("checks")
+            if run.checks and run.deployment.action != "verify":
+                run.details["checks"] = run.checks  # for `deployctl report`
+        self._save(lambda: self.history.add_phase(run.deployment, phase, "passed" if passed else result.status,
+                                                  result.seconds, result.changed_hosts, result.failed,
+                                                  result.unreachable))
+        self.output.phase_finished(phase, passed, result.seconds, result.problem())
+        if self.runner.cancel.is_set() and not self._recovering:
+            raise Interrupted
+        return result
+
+    def _lock(self, run: Run, adopt: str | None = None) -> None:
+        """Take the environment's lock; raises Refused (nothing changed) when someone else holds it."""
+        run.locked = True  # from here on, whatever happens, unlock with this run's token
+        for attempt in (1, 2):
+            result = self._phase(run, Phase.LOCK, {"deployctl_lock_adopt": adopt or ""})
+            if gate(result):
+                return
+            others = {h for h, held in result.report("held_by_other").items() if held}
+            holders = {h: s for h, s in result.report("lock").items() if s and h in others}
+            stale = self._stale_locks(holders)
+            if attempt == 2 or not holders or set(holders) != {h for hosts in stale.values() for h in hosts}:
+                break
+            # locks left on hosts that were unreachable when a finished deployment of this control node
+            # unlocked: released with that deployment's own token, then the lock is taken again
+            for (ident, token), stale_hosts in stale.items():
+                self._phase(run, Phase.CLEAR_STALE_LOCK, {
+                    "deployctl_lock_token": token,
+                    "deployctl_settle": [{"deployment_id": ident, "outcome": "abandoned"}]}, hosts=stale_hosts)
+        taken = self._release_lock(run)
+        self._note(run, lock_holders=holders, lock_problem=result.problem())
+        if not holders:
+            raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                          f"could not take the lock: {result.problem()}; nothing was changed" +
+                          ("" if taken else "; the lock may be held on some hosts (deployctl unlock)"))
+        holder = next(iter(holders.values()))
+        dead = self._deployment_or_none(str(holder.get("deployment_id")))
+        if dead is not None and dead.outcome == RUNNING and processes.alive(dead.details.get("process")) is False:
+            raise _unfinished_error(dead)
+        raise Refused(ExitCode.LOCKED, "locked",
+                      f"the environment is locked by {_holder(holder)}; if that deployment is dead, run "
+                      "`deployctl recover` (or `deployctl unlock` to only break the lock)")
+
+    def _stale_locks(self, holders: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
+        """Locks held by finished deployments of this control node: {(their id, their token): [hosts]}."""
+        stale: dict[tuple[str, str], list[str]] = {}
+        for host, holder in holders.items():
+            if not processes.is_local(holder):
+                continue
+            earlier = self._deployment_or_none(str(holder.get("deployment_id")))
+            token = earlier.details.get("lock_token") if earlier else None
+            if earlier is not None and earlier.outcome != RUNNING and token:
+                stale.setdefault((earlier.id, token), []).append(host)
+        return stale
+
+    def _release_lock(self, run: Run, outcome: str = "abandoned") -> bool:
+        settle = [{"deployment_id": run.deployment.id, "outcome": outcome}]
+        settle += [{"deployment_id": ident, "outcome": how} for ident, how in run.settle.items()]
+        result = self._phase(run, Phase.UNLOCK, {"deployctl_settle": settle})
+        run.locked = not gate(result)
+        return not run.locked
+
+    def _protected_sets(self) -> list[str]:
+        """Sets retention must keep: those of unfinished deployments and the one `rollback` would restore."""
+        protect = set()
+        for deployment in self.history.recent(self.env.name, limit=50, outcome=RUNNING):
+            protect.update(filter(None, (deployment.details.get("backup_set"), deployment.details.get("safety_set"))))
+        for release in self.history.recent(self.env.name, limit=5, action="release", outcome="live"):
+            if release.details.get("backup_set"):
+                protect.add(release.details["backup_set"])
+                break
+        return sorted(protect)
+
+    def _backup(self, run: Run, purpose: str) -> PhaseResult:
+        live = sorted({v for v in run.before.values() if v})
+        result = self._phase(run, Phase.BACKUP, {"deployctl_backup_protect": self._protected_sets(),
+                                                 "deployctl_backup_purpose": purpose,
+                                                 "deployctl_live_version": ",".join(live)})
+        taken = next(iter(result.report("backup").values()), None)
+        if taken:
+            self._note(run, backup_set=taken.get("set_id"), data_before=taken.get("data"))
+        return result
+
+    def _rollback_variables(self, run: Run, targets: dict, restore: str | None, undo: str | None = None) -> dict:
+        return {"deployctl_rollback_targets": targets, "deployctl_restore_set_id": restore or "",
+                "deployctl_backup_protect": sorted({*self._protected_sets(), *filter(None, [restore])}),
+                "deployctl_rollback_of": undo or run.deployment.id}
+
+    def _note_safety_set(self, run: Run, result: PhaseResult) -> None:
+        safety = next(iter(result.report("safety").values()), None)
+        if safety:
+            self._note(run, safety_set=safety.get("set_id"))
+
+    def _record_data_state(self, run: Run) -> None:
+        """The data as this deployment leaves it (a later rollback compares the live database with it)."""
+        result = self._phase(run, Phase.DATA_STATE, {})
+        data = next(iter(result.report("data").values()), None)
+        if gate(result):
+            self._note(run, data_after=data)
+        else:
+            self.output.progress(f"[yellow]the state of the data could not be recorded: {result.problem()}[/yellow]")
+
+    def _verify_and_reopen(self, run: Run, hosts: list[str] | None) -> bool:
+        if hosts is None or hosts:
+            verify = self._phase(run, Phase.VERIFY, {}, hosts=hosts)
+            if not gate(verify):
+                return False
+        self._record_data_state(run)
+        off = self._phase(run, Phase.MAINTENANCE_OFF, {})
+        return gate(off)
+
+    def _refuse_unfinished_hosts(self, result: PhaseResult) -> None:
+        unfinished = next((u for u in result.report("unfinished").values() if u), None)
+        if unfinished:
+            raise Refused(ExitCode.LOCKED, "locked",
+                          f"deployment {unfinished.get('deployment_id')} ({unfinished.get('action')}, started "
+                          f"{unfinished.get('at')}) did not finish on the hosts: run `deployctl recover`; nothing was "
+                          "changed")
 
     def _stop_unchanged(self, run: Run, message: str) -> Outcome:
         return self._finish(run, ExitCode.FAILED_UNCHANGED, "unchanged", f"{message}; nothing was changed")
-
-    def _finish_locked(self, run: Run) -> Outcome:
-        holders = run.deployment.details.get("lock_holders") or {}
-        holder = next(iter(holders.values()), None)
-        if holder:
-            who = f"{holder.get('user')}@{holder.get('control_node')} ({holder.get('deployment_id')})"
-            return self._finish(run, ExitCode.LOCKED, "locked",
-                                f"the environment is locked by {who} since {holder.get('since')}; "
-                                "if that deployment is dead, run `deployctl unlock`")
-        return self._finish(run, ExitCode.FAILED_UNCHANGED, "unchanged",
-                            f"could not take the lock: {run.deployment.details.get('lock_problem')}")
 
     def _finish(self, run: Run, code: ExitCode, outcome: str, message: str) -> Outcome:
         if run.locked:
             self._recovering = True
             self.runner.cancel.clear()
-            if not self._release_lock(run):
+            if not self._release_lock(run, SETTLED.get(outcome, "abandoned")):
                 message += "; the lock could not be released (deployctl unlock)"
-        run.deployment.details["message"] = message
+        run.details["message"] = message
         self._announce(run, code, outcome, message)
-        self.history.finish(run.deployment, outcome, int(code))
+        self._save(lambda: self.history.finish(run.deployment, outcome, int(code)))
+        if self._history_error:
+            run.details["history_error"] = self._history_error
+            message += "; the history could not be written (the hosts' records still hold what recovery needs)"
         return Outcome(code, outcome, message, run.deployment)
 
     def _notify(self, run: Run, event: str, outcome: str, message: str) -> None:
@@ -444,7 +832,7 @@ class Pipeline:
             records = [{"channel": "all", "event": event, "delivered": False, "error": problem}]
             self.output.progress(f"[yellow]notification {event} not sent: {problem}[/yellow]")
         if records:
-            run.deployment.details.setdefault("notifications", []).extend(records)
+            run.details.setdefault("notifications", []).extend(records)
 
     def _announce(self, run: Run, code: ExitCode, outcome: str, message: str) -> None:
         """How a release or rollback ended; for `deployctl verify`, its record and health change alerts."""
@@ -452,46 +840,49 @@ class Pipeline:
         if action in ANNOUNCED_ACTIONS:
             self._notify(run, finish_event(action, outcome), outcome, message)
         elif action == "verify":
-            previous = self.history.last_verification(self.env.name)
             healthy = code == ExitCode.OK
-            self.history.record_verification(run.deployment.id, self.env.name, healthy, int(code), run.checks,
-                                             outcome, sum(p["seconds"] for p in run.deployment.phases))
+            try:
+                previous = self.history.last_verification(self.env.name)
+                self.history.record_verification(run.deployment.id, self.env.name, healthy, int(code), run.checks,
+                                                 outcome, sum(p["seconds"] for p in run.deployment.phases))
+            except StateError as exc:
+                self._history_error = str(exc)
+                return
             event = verification_event(previous["healthy"] if previous else None, healthy)
             if event:
                 self._notify(run, event, outcome, message)
 
-    def _last_release(self):
-        done = self.history.recent(self.env.name, limit=1, action="release", outcome="live")
-        return done[0] if done else None
-
-    def _data_to_restore(self, to: str | None, data: str, last) -> str | None:
-        if data == "keep":
-            return None
-        if to is None:
-            if last is None:
-                return None
-            ran_migrate = any(p["name"] == "migrate" for p in last.phases)
-            return last.details.get("backup_set") if data == "restore" or ran_migrate else None
-        if data == "auto":
-            return None
-        _, sets = self.backups()
-        matching = [s for s in sets if to in str(s.get("live_version", "")).split(",") and s.get("verified")]
-        return matching[0]["set_id"] if matching else None
-
     @contextmanager
     def _signals(self):
-        """Ctrl-C and SIGTERM cancel the running phase; the pipeline then rolls back and unlocks."""
+        """Ctrl-C, SIGTERM and SIGHUP (a dropped SSH session) cancel the running phase; the pipeline then
+        stops what the deployment started, rolls back and unlocks."""
 
         def cancel(signum, frame):
             if self._recovering:
-                self.output.progress("[yellow]rolling back; wait for it to finish[/yellow]")
+                self.output.progress("[yellow]recovering; wait for it to finish[/yellow]")
                 return
-            self.output.progress("[yellow]interrupted: stopping the running phase, then rolling back[/yellow]")
+            self.output.progress(f"[yellow]{signal.Signals(signum).name}: stopping the running phase, then "
+                                 "rolling back[/yellow]")
             self.runner.cancel.set()
 
-        previous = {s: signal.signal(s, cancel) for s in (signal.SIGINT, signal.SIGTERM)}
+        watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, cancel) for s in watched}
         try:
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _holder(holder: dict) -> str:
+    return (f"{holder.get('user')}@{holder.get('control_node')} ({holder.get('deployment_id')}, since "
+            f"{holder.get('since')})")
+
+
+def _unfinished_error(dead: Deployment) -> DeployctlError:
+    error = DeployctlError(
+        f"deployment {dead.id} ({dead.action} {dead.version or ''}, started {dead.started_at} by {dead.user}) did "
+        "not finish: its deployctl process is gone. Run `deployctl recover` to put back what it changed (or "
+        "`deployctl recover --resolve` to accept the hosts as they are); nothing was touched")
+    error.exit_code = ExitCode.LOCKED
+    return error

@@ -12,11 +12,14 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ansible_runner
+
+from deployctl.processes import MARK, RUN_ID
 
 # Ansible hands values to deployctl through `ansible.builtin.set_stats` under this key, per host.
 REPORT_KEY = "deployctl"
@@ -113,6 +116,8 @@ class AnsibleRunner:
             "ANSIBLE_COLLECTIONS_PATH": str(content / "collections"),
             "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
             "ANSIBLE_NOCOLOR": "1",
+            # marks every process of the run, so that what outlives a dead control node can be found
+            MARK: RUN_ID,
         }
         started = time.monotonic()
         status, rc, error = "error", None, None
@@ -156,6 +161,14 @@ class AnsibleRunner:
                 unreachable.setdefault(host, "unreachable")
         return PhaseResult(phase, status, rc, stats, failed, unreachable, reports,
                            time.monotonic() - started, error)
+
+    def read(self, playbook: str, extravars: dict) -> PhaseResult:
+        """A read-only run that leaves nothing behind in the runs directory."""
+        ident = f"read-{uuid.uuid4().hex[:12]}"
+        try:
+            return self.run(ident, 1, "read", playbook, extravars)
+        finally:
+            shutil.rmtree(self.runs_dir / ident, ignore_errors=True)
 
 
 def _message(result: dict) -> str:

@@ -368,7 +368,12 @@ def test_release_unhealthy_release_and_rollback(compose_project):
     assert project.served_version() == "v1"
     assert [c["tag"] for c in project.running("worker")] == ["v1"]
     assert project.heartbeat("v1")
-    assert (project.record()["live"], project.record()["previous"]) == ("v1", "v2")
+    record = project.record()
+    assert record["live"] == "v1"
+    # v3 never went live (its release failed), v2 is undone by the rollback: neither is a rollback target now
+    assert [(e["version"], e["status"]) for e in record["history"]] == [
+        ("v1", "live"), ("v2", "undone"), ("v3", "undone")]
+    assert project.run("status").data["hosts"]["localhost"]["previous"] is None
     # no release succeeded since v2, so nothing was pruned: v3 only went live for the failed release
     assert project.images() == ["v1", "v2", "v3"]
 

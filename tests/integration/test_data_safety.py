@@ -55,8 +55,11 @@ def test_half_applied_migration_on_mariadb_is_undone(mariadb_project):
 
     sets = project.run("backups")
     assert sets.code == 0, sets
-    assert sets.data["sets"][0]["set_id"] == details["backup_set"], "newest first"
-    assert sets.data["sets"][0]["verified"] and sets.data["sets"][0]["live_version"] == "v1"
+    # newest first: the safety set of the database as the failed migration left it, then the pre-release set
+    assert [s["set_id"] for s in sets.data["sets"][:2]] == [details["safety_set"], details["backup_set"]]
+    assert [s["purpose"] for s in sets.data["sets"][:2]] == ["safety", "pre-release"]
+    assert all(s["verified"] for s in sets.data["sets"][:2])
+    assert sets.data["sets"][1]["live_version"] == "v1"
 
     # the password reached the app and the dump tools, and nothing deployctl keeps or prints
     state = project.root / ".deployctl"

@@ -23,7 +23,7 @@ def test_release_upgrade_and_rollback(demo_project):
     assert not (project.app_root / "shared" / "maintenance.json").exists()
     phases = [p["name"] for p in first.data["deployment"]["phases"]]
     assert phases == ["lock", "preflight", "backup", "maintenance on", "deploy", "migrate", "verify",
-                      "maintenance off", "unlock"]
+                      "data state", "maintenance off", "unlock"]
     assert first.data["deployment"]["details"]["before"] == {"localhost": None}
 
     second = project.run("release", "v2")
@@ -79,7 +79,7 @@ def test_failed_verify_rolls_back_code_and_database(demo_project):
     assert project.running("worker")
     assert not (project.app_root / "shared" / "maintenance.json").exists()
     names = [p["name"] for p in failed.data["deployment"]["phases"]]
-    assert names[-4:] == ["rollback", "verify", "maintenance off", "unlock"]
+    assert names[-6:] == ["stop commands", "rollback", "verify", "data state", "maintenance off", "unlock"]
 
 
 def test_half_applied_migration_is_undone(demo_project):
@@ -141,7 +141,12 @@ def test_lock_held_by_another_deployment(demo_project):
     assert lock.exists(), "someone else's lock is never released by a refused release"
     assert project.live() is None
 
-    assert project.run("unlock").code == 0
+    # another control node's lock: only with --force, and the refusal names the holder and since when
+    careful = project.run("unlock")
+    assert careful.code == 6, careful
+    assert "ada@ci" in careful.data["message"] and "2026-01-01T00:00:00Z" in careful.data["message"]
+    assert lock.exists()
+    assert project.run("unlock", "--force").code == 0
     assert not lock.exists()
     assert project.run("release", "v1").code == 0
     assert not lock.exists()
