@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from deployctl import __version__
+from deployctl import __version__, processes
 from deployctl import project as projects
 from deployctl import report as reports
 from deployctl import schedule as scheduling
@@ -228,6 +228,9 @@ def history(ctx: Context, limit):
     project = projects.load(ctx.project_dir)
     env = project.environment(ctx.env_name)
     deployments = History(project.state_dir / "history.db").recent(env.name, limit=limit)
+    for deployment in deployments:  # running, but its deployctl is gone: `deployctl recover` finishes it
+        if deployment.outcome == "running" and processes.alive(deployment.details.get("process")) is False:
+            deployment.outcome = "unfinished"
     rows = [[d.id, d.action, d.version or "", d.user, d.started_at, d.outcome, d.details.get("message", "")]
             for d in deployments]
     ctx.output.result([d.as_dict() for d in deployments],

@@ -281,12 +281,17 @@ class Pipeline:
             targets = {h: s["previous"] for h, s in hosts.items() if s.get("live")}
         restore, note = self._data_to_restore(run, hosts, targets, data, to)
         self._note(run, targets=targets, restored_set=restore)
+        if restore:
+            # a command an earlier deployment left running (its connection lost, say) must not write under it
+            stopped = self._stop_commands(run, run.deployment.id)
+            if stopped is not None:
+                return stopped
         self._touch(run)
         on = self._phase(run, Phase.MAINTENANCE_ON, {})
         if not gate(on):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"maintenance on failed: {on.problem()}; nothing was rolled back")
-        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(run, targets, restore))
+        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(targets, restore, live.values()))
         self._note_safety_set(run, rollback)
         if not gate(rollback):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
@@ -301,6 +306,9 @@ class Pipeline:
     def _restore(self, run: Run, set_id: str) -> Outcome:
         self._note(run, restored_set=set_id)
         self._lock(run)
+        stopped = self._stop_commands(run, run.deployment.id)
+        if stopped is not None:
+            return stopped
         safety = self._backup(run, "safety")
         if not gate(safety):
             return self._stop_unchanged(run, f"safety backup failed: {safety.problem()}")
@@ -368,7 +376,7 @@ class Pipeline:
         on = self._phase(run, Phase.MAINTENANCE_ON, {})
         if not gate(on):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human", f"maintenance on failed: {on.problem()}")
-        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(run, targets, restore, undo=ident))
+        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(targets, restore, live.values()))
         self._note_safety_set(run, rollback)
         if not gate(rollback):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
@@ -408,7 +416,8 @@ class Pipeline:
         self._note(run, targets=targets, restored_set=restore)
         steps_ok = True
         if targets or restore:
-            rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(run, targets, restore))
+            live = [run.deployment.version if h in changed else v for h, v in run.before.items()]
+            rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(targets, restore, live))
             self._note_safety_set(run, rollback)
             steps_ok = gate(rollback)
         if steps_ok:
@@ -450,7 +459,7 @@ class Pipeline:
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"commands of {ident} could not be stopped ({named}); nothing was restored, "
                                 "maintenance mode stays on")
-        unconfirmed = sorted(set(stop.unreachable) | set(stop.failed))
+        unconfirmed = sorted(set(stop.unreachable) | set(stop.failed) | set(run.unreachable))
         if unconfirmed and restoring:
             self._note(run, needs_attention=unconfirmed)
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
@@ -749,14 +758,20 @@ class Pipeline:
         return not run.locked
 
     def _protected_sets(self) -> list[str]:
-        """Sets retention must keep: those of unfinished deployments and the one `rollback` would restore."""
+        """Sets retention must keep: those of unfinished deployments and the one `rollback` would restore.
+
+        Without a readable history, the sets a command is about to restore are protected by the caller."""
         protect = set()
-        for deployment in self.history.recent(self.env.name, limit=50, outcome=RUNNING):
-            protect.update(filter(None, (deployment.details.get("backup_set"), deployment.details.get("safety_set"))))
-        for release in self.history.recent(self.env.name, limit=5, action="release", outcome="live"):
-            if release.details.get("backup_set"):
-                protect.add(release.details["backup_set"])
-                break
+        try:
+            for deployment in self.history.recent(self.env.name, limit=50, outcome=RUNNING):
+                protect.update(filter(None, (deployment.details.get("backup_set"),
+                                             deployment.details.get("safety_set"))))
+            for release in self.history.recent(self.env.name, limit=5, action="release", outcome="live"):
+                if release.details.get("backup_set"):
+                    protect.add(release.details["backup_set"])
+                    break
+        except StateError:
+            pass
         return sorted(protect)
 
     def _backup(self, run: Run, purpose: str) -> PhaseResult:
@@ -769,10 +784,11 @@ class Pipeline:
             self._note(run, backup_set=taken.get("set_id"), data_before=taken.get("data"))
         return result
 
-    def _rollback_variables(self, run: Run, targets: dict, restore: str | None, undo: str | None = None) -> dict:
+    def _rollback_variables(self, targets: dict, restore: str | None, live) -> dict:
+        """The rollback phase's variables; `live` are the versions live now, recorded in the safety set."""
         return {"deployctl_rollback_targets": targets, "deployctl_restore_set_id": restore or "",
                 "deployctl_backup_protect": sorted({*self._protected_sets(), *filter(None, [restore])}),
-                "deployctl_rollback_of": undo or run.deployment.id}
+                "deployctl_live_version": ",".join(sorted({v for v in live if v}))}
 
     def _note_safety_set(self, run: Run, result: PhaseResult) -> None:
         safety = next(iter(result.report("safety").values()), None)

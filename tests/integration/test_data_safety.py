@@ -1,40 +1,22 @@
 """Releases of the demo app backed by the machine's MariaDB: the database comes back on rollback."""
 
-import contextlib
-import secrets
 import subprocess
-import uuid
 
 import pytest
 
-
-def mariadb(sql: str, database: str | None = None) -> str:
-    args = ["mariadb", "--protocol=tcp", "-h", "127.0.0.1", "-u", "root", "--batch", "--skip-column-names"]
-    return subprocess.run([*args, *([database] if database else []), "-e", sql], check=True, capture_output=True,
-                          text=True).stdout
+from tests.support.databases import database, mariadb, use_database
 
 
 @pytest.fixture
 def mariadb_project(demo_project):
     """The demo app on its own MariaDB database and user (a password the app and the backup need)."""
-    name = f"dctest_{uuid.uuid4().hex[:8]}"
-    password = "pw-" + secrets.token_hex(12)
-    mariadb(f"CREATE DATABASE {name}; CREATE USER '{name}'@'127.0.0.1' IDENTIFIED BY '{password}';"
-            f"GRANT ALL ON {name}.* TO '{name}'@'127.0.0.1'; GRANT PROCESS, RELOAD ON *.* TO '{name}'@'127.0.0.1';"
-            f"GRANT ALL ON `deployctl\\_verify\\_%`.* TO '{name}'@'127.0.0.1';")
     project = demo_project()
-    project.group_vars["deployctl_env"].update(
-        DEMO_DATABASE_URL=f"mysql://{name}@127.0.0.1:3306/{name}", DEMO_DATABASE_PASSWORD=password)
-    project.group_vars["deployctl_database"] = {"engine": "mysql", "name": name, "host": "127.0.0.1", "port": 3306,
-                                                "user": name, "password": password}
-    project.write()
-    project.database, project.password = name, password
-    try:
-        yield project
-    finally:
-        project.stop()
-        with contextlib.suppress(subprocess.CalledProcessError):
-            mariadb(f"DROP DATABASE IF EXISTS {name}; DROP USER IF EXISTS '{name}'@'127.0.0.1'")
+    with database("mysql") as (name, password):
+        use_database(project, "mysql", name, password)
+        try:
+            yield project
+        finally:
+            project.stop()
 
 
 def test_half_applied_migration_on_mariadb_is_undone(mariadb_project):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -17,7 +18,13 @@ LONG_MIGRATION = """#!/bin/sh
 bin/migrate || exit 1
 touch {marker}
 sleep {seconds}
-exec python3 -c 'import sys; sys.path.insert(0, "."); import app; app.load_env(); app.Database().execute("DELETE FROM items")'
+exec python3 - <<'EOF'
+import sys
+sys.path.insert(0, ".")
+import app
+app.load_env()
+app.Database().execute("DELETE FROM items")
+EOF
 """
 
 
@@ -85,15 +92,11 @@ def kill_tree(pid: int) -> list[int]:
     """SIGKILL a process and everything it started, as a dying control node would lose them."""
     victims = [pid, *descendants(pid)]
     for victim in victims:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(victim, signal.SIGSTOP)  # freeze first: nothing forks away while the tree is killed
-        except OSError:
-            pass
     for victim in [pid, *descendants(pid)]:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(victim, signal.SIGKILL)
-        except OSError:
-            pass
     return victims
 
 

@@ -113,8 +113,8 @@ class DemoProject:
     def build(self, version: str, broken: str | None = None, migrations=()) -> Path:
         return build(version, self.dist, broken=broken, migrations=migrations)
 
-    def run(self, *args: str, timeout: float = 600, env: dict | None = None) -> Result:
-        proc = subprocess.run([DEPLOYCTL, "--project-dir", str(self.root), "--json", *args],
+    def run(self, *args: str, timeout: float = 600, env: dict | None = None, as_json: bool = True) -> Result:
+        proc = subprocess.run([DEPLOYCTL, "--project-dir", str(self.root), *(["--json"] if as_json else []), *args],
                               capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
         return Result(proc)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,11 +28,13 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def write_atomic(path, data, mode=0o644):
-    """Write bytes or text to `path` through a temporary file and rename(2): the old or the new, never half."""
+def write_atomic(path, data, mode=0o644, owner=None):
+    """Write bytes or text to `path` through a temporary file and rename(2): the old or the new, never half.
+
+    `owner` (uid, gid) keeps the file someone else's when root rewrites it."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
+    tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -39,12 +42,12 @@ def write_atomic(path, data, mode=0o644):
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(tmp, owner[0], owner[1])
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     fsync_dir(directory)
 

@@ -13,6 +13,7 @@ Standard library only: this runs on the managed hosts (Python 3.8+).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,7 +48,7 @@ def _boot_id():
 def _stat(pid):
     """(state, pgid, sid, start time in clock ticks) of pid, or None when it does not exist."""
     try:
-        with open("/proc/%d/stat" % pid) as handle:
+        with open(f"/proc/{pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
@@ -55,7 +56,7 @@ def _stat(pid):
 
 
 def _record_path(directory, pid):
-    return os.path.join(directory, "%d.json" % pid)
+    return os.path.join(directory, f"{pid}.json")
 
 
 # Runs as the command's first process image: a session of its own, its own record, then exec of the
@@ -67,7 +68,7 @@ directory, deployment_id, label = sys.argv[1:4]
 argv = sys.argv[4:]
 os.setsid()
 pid = os.getpid()
-with open("/proc/%d/stat" % pid) as handle:
+with open(f"/proc/{pid}/stat") as handle:
     ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
 try:
     with open("/proc/sys/kernel/random/boot_id") as handle:
@@ -108,10 +109,8 @@ class TrackedPopen(subprocess.Popen):
 
     def _forget(self):
         if self._record is not None and self.returncode is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._record)
-            except FileNotFoundError:
-                pass
             self._record = None
 
     def wait(self, timeout=None):
@@ -142,23 +141,18 @@ def run(argv, input=None, timeout=None, label=None, cwd=None, env=None, stdin=No
     Output goes to unlinked temporary files rather than pipes: a command that leaves a daemon behind
     (a restart) returns as soon as it exits itself, instead of when the daemon closes its stdout.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as source:
         if input is not None:
-            source = tempfile.TemporaryFile()
             source.write(input if isinstance(input, bytes) else input.encode("utf-8"))
             source.seek(0)
             stdin = source
+        proc = popen(argv, label=label, cwd=cwd, env=env, stdout=out, stderr=err,
+                     stdin=subprocess.DEVNULL if stdin is None else stdin)
         try:
-            proc = popen(argv, label=label, cwd=cwd, env=env, stdout=out, stderr=err,
-                         stdin=subprocess.DEVNULL if stdin is None else stdin)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill_group()
-                raise
-        finally:
-            if input is not None:
-                source.close()
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill_group()
+            raise
         return subprocess.CompletedProcess(argv, proc.returncode, _tail(out), _tail(err))
 
 
@@ -260,9 +254,7 @@ def stop(directory, deployment_id=None, grace=10.0, check_mode=False):
         if left:
             survivors.append(dict(summary, alive=left))
             continue
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(record["path"])
-        except FileNotFoundError:
-            pass
         stopped.append(dict(summary, was_running=bool(running)))
     return stopped, survivors

@@ -101,7 +101,7 @@ def main():
         verb = "stop" if turning_on else "start"
         rc, output = _run(worker[verb], current, "worker " + verb)
         if rc != 0:
-            module.fail_json(msg="could not %s worker %s: %s" % (verb, worker["name"], output[-500:]),
+            module.fail_json(msg=f"could not {verb} worker {worker['name']}: {output[-500:]}",
                              stopped=stopped, started=started)
 
     if not turning_on and os.path.exists(flag):

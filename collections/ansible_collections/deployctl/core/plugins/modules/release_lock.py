@@ -66,7 +66,7 @@ def _content(token, holder):
 
 def _acquire(path, token, holder):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = "%s.%d.%s.tmp" % (path, os.getpid(), token)
+    tmp = f"{path}.{os.getpid()}.{token}.tmp"
     with open(tmp, "w") as handle:
         handle.write(_content(token, holder))
     try:
@@ -119,12 +119,12 @@ def main():
             elif not module.check_mode:
                 current = _read(path)
         if current is not None and current.get("token") != token:
-            module.fail_json(msg="locked by %s since %s" % (json.dumps(current.get("holder"), sort_keys=True),
-                                                            current.get("since")),
+            holder = json.dumps(current.get("holder"), sort_keys=True)
+            module.fail_json(msg=f"locked by {holder} since {current.get('since')}",
                              holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
     elif state == "broken" and current is not None and module.params["only_holders"] and \
             holder_id not in module.params["only_holders"]:
-        module.fail_json(msg="the lock changed hands: it is now held by %s" % json.dumps(current.get("holder")),
+        module.fail_json(msg=f"the lock changed hands: it is now held by {json.dumps(current.get('holder'))}",
                          holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
     elif current is not None and (state == "broken" or (state == "released" and current.get("token") == token)):
         changed = True

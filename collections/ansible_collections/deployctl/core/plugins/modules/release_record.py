@@ -185,7 +185,7 @@ class Record:
 
 
 def _switch(current, target):
-    tmp = "%s.%d.tmp" % (current, os.getpid())
+    tmp = f"{current}.{os.getpid()}.tmp"
     os.symlink(target, tmp)
     os.replace(tmp, current)  # rename(2) over the old link: readers see the old or the new, never none
 
@@ -274,7 +274,7 @@ def _put_back(record, deployment_id):
     for name, how in sorted(manifest.items()):
         dest = os.path.join(record.app_root, "shared", name)
         if how == "saved":
-            tmp = "%s.%d.tmp" % (dest, os.getpid())
+            tmp = f"{dest}.{os.getpid()}.tmp"
             shutil.copy2(os.path.join(saved, "shared", name), tmp)
             os.replace(tmp, dest)
         elif os.path.lexists(dest):
@@ -314,7 +314,7 @@ def main():
     try:
         record = Record(params["app_root"], params["link"])
     except ValueError as exc:
-        module.fail_json(msg="the release record of %s is unreadable: %s" % (params["app_root"], exc))
+        module.fail_json(msg=f"the release record of {params['app_root']} is unreadable: {exc}")
     state, check, deployment = params["state"], module.check_mode, params["deployment_id"]
     changed = False
     result = {}
@@ -328,8 +328,8 @@ def main():
     if state == "begun":
         pending = record.pending
         if pending and pending.get("deployment_id") != deployment:
-            module.fail_json(msg="deployment %s (%s, started %s) did not finish on this host: run `deployctl "
-                                 "recover`" % (pending.get("deployment_id"), pending.get("action"), pending.get("at")),
+            module.fail_json(msg=f"deployment {pending.get('deployment_id')} ({pending.get('action')}, started "
+                                 f"{pending.get('at')}) did not finish on this host: run `deployctl recover`",
                              unfinished=pending, **record.report())
         if not pending:
             changed = True
@@ -362,7 +362,7 @@ def main():
         if record.link:
             target = os.path.join(record.releases_dir, version)
             if not os.path.isdir(target):
-                module.fail_json(msg="release %s is not on this host (%s is missing)" % (version, target))
+                module.fail_json(msg=f"release {version} is not on this host ({target} is missing)")
             for name in params["shared"]:
                 source = os.path.join(params["app_root"], "shared", name)
                 dest = os.path.join(target, name)
@@ -398,7 +398,7 @@ def main():
         undo = [e for e in record.entries[since:] if e["status"] != UNDONE and
                 (chain_positions or e["status"] == PENDING or target is None)]
         if target is not None and record.link and not os.path.isdir(os.path.join(record.releases_dir, target)):
-            module.fail_json(msg="release %s is not on this host: nothing to roll back to" % target)
+            module.fail_json(msg=f"release {target} is not on this host: nothing to roll back to")
         restored = []
         if undo or live != target:
             changed = True

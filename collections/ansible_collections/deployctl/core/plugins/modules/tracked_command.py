@@ -82,22 +82,23 @@ def main():
         # as ansible.builtin.command does: reported as skipped, with empty output for changed_when and friends
         module.exit_json(changed=False, skipped=True, msg="not run in check mode", rc=0, stdout="", stderr="")
     if params["chdir"] and not os.path.isdir(params["chdir"]):
-        module.fail_json(msg="cannot run %s: %s is not a directory" % (argv[0], params["chdir"]))
+        module.fail_json(msg=f"cannot run {argv[0]}: {params['chdir']} is not a directory")
     processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"], params["label"])
     started = time.monotonic()
     try:
         done = processes.run(argv, cwd=params["chdir"], timeout=params["timeout"] or None)
     except subprocess.TimeoutExpired:
-        module.fail_json(msg="%s ran longer than %d s and was stopped" % (argv[0], params["timeout"]), rc=-1)
+        module.fail_json(msg=f"{argv[0]} ran longer than {params['timeout']} s and was stopped", rc=-1)
     except OSError as exc:
-        module.fail_json(msg="cannot run %s: %s" % (argv[0], exc.strerror or exc), rc=127)
+        module.fail_json(msg=f"cannot run {argv[0]}: {exc.strerror or exc}", rc=127)
     stdout = done.stdout.decode("utf-8", "replace")
     stderr = done.stderr.decode("utf-8", "replace")
     result = {"rc": done.returncode, "stdout": stdout, "stderr": stderr,
               "seconds": round(time.monotonic() - started, 3), "changed": True}
     if done.returncode != 0:
         why = (stderr.strip() or stdout.strip()).splitlines()[-5:]
-        module.fail_json(msg="%s exited with %d%s" % (argv[0], done.returncode, (": " + " / ".join(why)) if why else ""),
+        reason = (": " + " / ".join(why)) if why else ""
+        module.fail_json(msg=f"{argv[0]} exited with {done.returncode}{reason}",
                          **result)
     module.exit_json(**result)
 

@@ -65,7 +65,7 @@ def main():
         module.exit_json(changed=bool(listed), processes=listed, stopped=[], survivors=[])
     stopped, survivors = processes.stop(directory, only, params["grace"])
     if survivors:
-        named = ", ".join("pid %s (%s, still running: %s)" % (s["pid"], s.get("label"), s["alive"])
+        named = ", ".join(f"pid {s['pid']} ({s.get('label')}, still running: {s['alive']})"
                           for s in survivors)
         module.fail_json(msg="could not stop " + named, stopped=stopped, survivors=survivors)
     module.exit_json(changed=bool(stopped), stopped=stopped, survivors=survivors)

@@ -1,0 +1,127 @@
+"""The control node dies mid-release: everything refuses, naming the deployment, until `recover` finishes it."""
+
+import json
+import os
+import signal
+import subprocess
+
+from tests.support.faults import SETTLED, kill_tree, settled, sqlite_state, wait_for
+from tests.support.project import DEPLOYCTL
+
+
+def start_detached(project, *args) -> subprocess.Popen:
+    """deployctl in a session of its own, so that its whole tree can be killed like a dying machine's."""
+    return subprocess.Popen([DEPLOYCTL, "--project-dir", str(project.root), "--json", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def killed_mid_deploy(demo_project):
+    """v1 live, then the release of v2 (with a migration) killed, whole tree, after v2 went live."""
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", migrations=["add_price:ALTER TABLE items ADD COLUMN price INTEGER"])
+    assert project.run("release", "v1").code == 0
+    project.sqlite("INSERT INTO items (id, name) VALUES (10, 'written by a user')")
+    before = sqlite_state(project.app_root / "shared" / "data" / "demo.db")
+    project.group_vars["deployctl_restart_command"] = "sh -c 'sleep 30; bin/restart'"
+    project.write()
+
+    proc = start_detached(project, "release", "v2")
+    wait_for(lambda: project.live() == "v2", what="v2 to be switched to")
+    kill_tree(proc.pid)
+    proc.wait()
+    project.group_vars["deployctl_restart_command"] = "bin/restart"
+    project.write()
+    return project, before
+
+
+def test_sigkill_mid_deploy_then_recover(demo_project):
+    project, before = killed_mid_deploy(demo_project)
+
+    status = project.run("status")
+    assert status.code == 0, status
+    [unfinished] = status.data["unfinished"]
+    ident = unfinished["id"]
+    assert unfinished["action"] == "release" and unfinished["version"] == "v2"
+    assert status.data["hosts"]["localhost"]["pending"]["deployment_id"] == ident
+    assert status.data["hosts"]["localhost"]["maintenance"] is True
+    assert "UNFINISHED" in project.run("status", as_json=False).stdout
+
+    # every command that changes the environment refuses, naming it, before it touches anything
+    for args in (("release", "v2"), ("rollback",), ("backup",), ("maintenance", "off"), ("--yes", "restore", "x")):
+        refused = project.run(*args)
+        assert refused.code == 6, (args, refused)
+        assert ident in refused.data["error"] and "deployctl recover" in refused.data["error"], refused
+    assert project.live() == "v2"
+
+    recovered = project.run("recover")
+    assert recovered.code == 0, recovered
+    assert recovered.outcome == "rolled-back"
+    assert ident in recovered.data["message"] and "v1" in recovered.data["message"]
+    assert recovered.data["deployment"]["details"]["recovering"] == ident
+    assert project.live() == "v1" and project.served_version() == "v1"
+    assert sqlite_state(project.app_root / "shared" / "data" / "demo.db") == before
+    assert settled(project.app_root) == SETTLED
+    assert project.running("worker")
+
+    dead = next(d for d in project.run("history").data if d["id"] == ident)
+    assert dead["outcome"] == "recovered" and dead["details"]["recovered_by"] == recovered.data["deployment"]["id"]
+    after = project.run("status")
+    assert after.data["unfinished"] == [] and after.data["hosts"]["localhost"]["pending"] is None
+    # the failed release never went live: it is no rollback target, and the next release just works
+    assert after.data["hosts"]["localhost"]["previous"] is None
+    assert project.run("release", "v2").code == 0
+    assert project.run("status").data["hosts"]["localhost"]["previous"] == "v1"
+
+
+def test_recover_resolve_accepts_the_hosts_as_they_are(demo_project):
+    project, _ = killed_mid_deploy(demo_project)
+    resolved = project.run("recover", "--resolve")
+    assert resolved.code == 0, resolved
+    assert resolved.outcome == "resolved"
+    assert "maintenance mode is still on" in resolved.data["message"]
+    assert project.live() == "v2"
+    assert not (project.app_root / ".deployctl" / "lock").exists()
+    assert project.run("maintenance", "off").code == 0
+    assert project.run("status").data["hosts"]["localhost"]["previous"] == "v1"
+
+
+def test_recover_from_the_hosts_records_when_the_history_is_lost(demo_project):
+    project, before = killed_mid_deploy(demo_project)
+    history = project.root / ".deployctl" / "history.db"
+    history.write_bytes(b"this is not a database" * 100)
+
+    broken = project.run("history")
+    assert broken.code == 9, broken
+    assert "mv " in broken.data["error"] and broken.stderr.count("\n") == 1
+    assert project.run("release", "v2").code == 9
+    status = project.run("status")
+    assert status.code == 0, status
+    assert "history_error" in status.data and status.data["hosts"]["localhost"]["pending"]
+
+    recovered = project.run("recover")
+    assert recovered.code == 0, recovered
+    assert project.live() == "v1" and project.served_version() == "v1"
+    assert sqlite_state(project.app_root / "shared" / "data" / "demo.db") == before
+    assert settled(project.app_root) == SETTLED
+    assert "Traceback" not in broken.stderr + status.stderr + recovered.stderr
+
+
+def test_unlock_never_breaks_a_running_release(demo_project):
+    project = demo_project(group_vars={"deployctl_restart_command": "sh -c 'sleep 15; bin/restart'"})
+    project.build("v1")
+    proc = project.start("release", "v1")
+    lock = project.app_root / ".deployctl" / "lock"
+    wait_for(lock.exists, what="the lock")
+    refused = project.run("unlock")
+    assert refused.code == 6, refused
+    assert "still running" in refused.data["message"]
+    refused = project.run("unlock", "--force")
+    assert refused.code == 6, refused
+    assert lock.exists()
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=300)
+    assert json.loads(stdout)["outcome"] == "interrupted"
+    assert settled(project.app_root) == SETTLED
+    assert os.path.lexists(project.app_root / "current") is False
