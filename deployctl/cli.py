@@ -17,6 +17,7 @@ from deployctl.console import Output, detach_dead_streams, table
 from deployctl.errors import BadInput, DeployctlError, ExitCode, StateError
 from deployctl.history import History
 from deployctl.pipeline import Outcome, Pipeline, gate
+from deployctl.runner import strip_unsafe_environment
 
 EXIT_CODES_HELP = """
 \b
@@ -155,9 +156,10 @@ def backups(ctx: Context):
     if not gate(result):
         ctx.output.error(f"could not list the backup sets: {result.problem()}")
         sys.exit(int(ExitCode.COULD_NOT_RUN))
-    rows = [[s.get("set_id"), s.get("created_at"), s.get("live_version"), s.get("size_bytes"),
-             "yes" if s.get("verified") else "NO"] for s in sets]
-    ctx.output.result({"sets": sets}, table("Backup sets", ["id", "taken", "live version", "bytes", "verified"], rows))
+    rows = [[s.get("set_id"), s.get("created_at"), s.get("purpose") or "", s.get("live_version"), s.get("size_bytes"),
+             f"BROKEN: {s['broken']}" if s.get("broken") else ("yes" if s.get("verified") else "NO")] for s in sets]
+    ctx.output.result({"sets": sets}, table("Backup sets", ["id", "taken", "purpose", "live version", "bytes",
+                                                            "verified"], rows))
 
 
 @cli.command()
@@ -191,11 +193,11 @@ def status(ctx: Context):
     pipeline = ctx.pipeline()
     result, hosts = pipeline.state()
     data = {"environment": pipeline.env.name, "hosts": hosts, "unreachable": result.unreachable}
-    rows = [[h, s.get("live") or "-", s.get("previous") or "-", "on" if s.get("maintenance") else "off",
-             (s.get("lock") or {}).get("deployment_id", ""), (s.get("pending") or {}).get("deployment_id", "")]
-            for h, s in sorted(hosts.items())]
-    rows += [[h, "UNREACHABLE", "", "", "", ""] for h in sorted(result.unreachable)]
-    headers = ["host", "live", "previous", "maintenance", "locked by", "unfinished"]
+    rows = [[h, s.get("live") or "-", s.get("reported_version") or "-", s.get("previous") or "-",
+             "on" if s.get("maintenance") else "off", (s.get("lock") or {}).get("deployment_id", ""),
+             (s.get("pending") or {}).get("deployment_id", "")] for h, s in sorted(hosts.items())]
+    rows += [[h, "UNREACHABLE", "", "", "", "", ""] for h in sorted(result.unreachable)]
+    headers = ["host", "live", "app says", "previous", "maintenance", "locked by", "unfinished"]
     if any("containers" in s for s in hosts.values()):  # compose strategy: what each container runs, its health
         headers.append("containers")
         for row in rows:
@@ -304,6 +306,9 @@ def main() -> None:
 
 
 def _main() -> None:
+    for name in strip_unsafe_environment():
+        Output().progress(f"[yellow]{name} is ignored: it makes Ansible print or keep module arguments, "
+                          "secrets included[/yellow]")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -80,6 +80,7 @@ class Run:
     unreachable: dict[str, str] = field(default_factory=dict)
     checks: dict | None = None  # structured results of the first verify phase: {host: [check, ...]}
     settle: dict[str, str] = field(default_factory=dict)  # other deployments to settle on the hosts
+    failure_output: dict[str, dict] = field(default_factory=dict)  # the failed phase's tasks and their output
 
     @property
     def details(self) -> dict:
@@ -107,6 +108,7 @@ class Pipeline:
         self.runner = runner or AnsibleRunner(
             inventory=environment.inventory,
             runs_dir=project.state_dir / "runs",
+            project_root=project.root,
             forks=environment.forks or 50,
             timeout=environment.phase_timeout,
             on_event=output.on_event,
@@ -200,7 +202,10 @@ class Pipeline:
     def verify(self) -> Outcome:
         run = self._start("verify", None, needs_history=False)
         result = self._phase(run, Phase.VERIFY, {})
-        if gate(result):
+        invalid = next((msg for msg in result.report("invalid_checks").values() if msg), None)
+        if invalid:
+            outcome = self._finish(run, ExitCode.BAD_INPUT, "invalid", f"deployctl_verify_checks: {invalid}")
+        elif gate(result):
             outcome = self._finish(run, ExitCode.OK, "healthy", "all checks passed")
         elif result.failed and not result.unreachable and result.stats is not None:
             outcome = self._finish(run, ExitCode.CHECKS_FAILED, "checks-failed", result.problem())
@@ -213,7 +218,7 @@ class Pipeline:
 
     def state(self) -> tuple[PhaseResult, dict]:
         """Read-only: what is live on each host and who holds the lock. Leaves nothing behind."""
-        result = self.runner.read(PHASES[Phase.STATE].playbook, {})
+        result = self.runner.read(PHASES[Phase.STATE].playbook, {"deployctl_report_version": True})
         return result, result.report("state")
 
     def backups(self) -> tuple[PhaseResult, list[dict]]:
@@ -259,7 +264,7 @@ class Pipeline:
 
     def _rollback(self, run: Run, to: str | None, data: str) -> Outcome:
         self._lock(run)
-        state = self._phase(run, Phase.STATE, {"deployctl_begin": True})
+        state = self._phase(run, Phase.STATE, {"deployctl_begin": True, "deployctl_preflight_validate": True})
         if not gate(state):
             self._refuse_unfinished_hosts(state)
             return self._stop_unchanged(run, f"could not read the hosts' state: {state.problem()}")
@@ -306,6 +311,9 @@ class Pipeline:
     def _restore(self, run: Run, set_id: str) -> Outcome:
         self._note(run, restored_set=set_id)
         self._lock(run)
+        preflight = self._phase(run, Phase.PREFLIGHT, {"deployctl_restore_set_id": set_id})
+        if not gate(preflight):
+            return self._stop_unchanged(run, f"preflight failed: {preflight.problem()}")
         stopped = self._stop_commands(run, run.deployment.id)
         if stopped is not None:
             return stopped
@@ -679,6 +687,7 @@ class Pipeline:
             "deployctl_serial": self.env.serial,
             "deployctl_max_fail_percentage": self.env.max_fail_percentage,
             "deployctl_verify_each_batch": self.env.serial != "100%",
+            "deployctl_backup_enabled": self.env.backup,
             **extra,
         }
 
@@ -690,6 +699,8 @@ class Pipeline:
                                  limit=run.limit(hosts))
         passed = gate(result)
         run.unreachable.update(result.unreachable)
+        if result.output and not run.failure_output:
+            run.failure_output = {"phase": str(phase), "hosts": result.output}
         if phase is Phase.DEPLOY:
             # a deploy cut short (cancel, timeout) leaves no stats: any host may have changed, and rolling
             # back one that did not is a no-op, so all of them go back to what preflight found
@@ -724,12 +735,15 @@ class Pipeline:
                 self._phase(run, Phase.CLEAR_STALE_LOCK, {
                     "deployctl_lock_token": token,
                     "deployctl_settle": [{"deployment_id": ident, "outcome": "abandoned"}]}, hosts=stale_hosts)
-        taken = self._release_lock(run)
+        # release what this run did take: the lock of the hosts where the lock phase succeeded
+        mine = [h for h, s in result.report("lock").items() if s and not result.report("held_by_other").get(h)]
+        released = self._release_lock(run, hosts=mine) if mine else True
+        run.locked = False
         self._note(run, lock_holders=holders, lock_problem=result.problem())
         if not holders:
             raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
                           f"could not take the lock: {result.problem()}; nothing was changed" +
-                          ("" if taken else "; the lock may be held on some hosts (deployctl unlock)"))
+                          ("" if released else f"; this run's lock stays on {', '.join(mine)} (deployctl unlock)"))
         holder = next(iter(holders.values()))
         dead = self._deployment_or_none(str(holder.get("deployment_id")))
         if dead is not None and dead.outcome == RUNNING and processes.alive(dead.details.get("process")) is False:
@@ -750,10 +764,10 @@ class Pipeline:
                 stale.setdefault((earlier.id, token), []).append(host)
         return stale
 
-    def _release_lock(self, run: Run, outcome: str = "abandoned") -> bool:
+    def _release_lock(self, run: Run, outcome: str = "abandoned", hosts: list[str] | None = None) -> bool:
         settle = [{"deployment_id": run.deployment.id, "outcome": outcome}]
         settle += [{"deployment_id": ident, "outcome": how} for ident, how in run.settle.items()]
-        result = self._phase(run, Phase.UNLOCK, {"deployctl_settle": settle})
+        result = self._phase(run, Phase.UNLOCK, {"deployctl_settle": settle}, hosts=hosts)
         run.locked = not gate(result)
         return not run.locked
 
@@ -836,7 +850,8 @@ class Pipeline:
         if self._history_error:
             run.details["history_error"] = self._history_error
             message += "; the history could not be written (the hosts' records still hold what recovery needs)"
-        return Outcome(code, outcome, message, run.deployment)
+        data = {"failure": run.failure_output} if run.failure_output and code != ExitCode.OK else {}
+        return Outcome(code, outcome, message, run.deployment, data)
 
     def _notify(self, run: Run, event: str, outcome: str, message: str) -> None:
         """Send an event to the environment's channels; never fails the command, records what happened."""

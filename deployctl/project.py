@@ -16,9 +16,12 @@ from deployctl.errors import BadInput
 from deployctl.notify import Channel, parse_channels
 
 CONFIG_NAME = "deployctl.yml"
+TOP_LEVEL_KEYS = {"app", "environments"}
 
 # A version becomes a directory name, an image tag and a git ref: keep it to characters safe in all three.
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+# an INI inventory without sections: host names (maybe a port) and key=value variables, nothing else
+INI_HOST_LINE = re.compile(r"^\s*[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9]+)?(\s+[A-Za-z_][A-Za-z0-9_]*=\S*)*\s*$")
 SERIAL_PATTERN = re.compile(r"^([1-9][0-9]*|([1-9][0-9]?|100)%)$")
 
 ENVIRONMENT_KEYS = {
@@ -94,6 +97,10 @@ def load(project_dir: Path | None = None) -> Project:
         raise BadInput(f"{path}{where}: not valid YAML") from None
     if not isinstance(data, dict):
         raise BadInput(f"{path}: expected a mapping at the top level")
+    unknown = set(data) - TOP_LEVEL_KEYS
+    if unknown:
+        raise BadInput(f"{path}: unknown setting(s) {', '.join(sorted(map(str, unknown)))} (known: "
+                       f"{', '.join(sorted(TOP_LEVEL_KEYS))})")
     raw_envs = data.get("environments")
     if not isinstance(raw_envs, dict) or not raw_envs:
         raise BadInput(f"{path}: 'environments' must map environment names to settings")
@@ -110,8 +117,7 @@ def _environment(root: Path, name: str, spec: object) -> Environment:
     if unknown:
         raise BadInput(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
     inventory = root / str(spec.get("inventory", f"inventory/{name}"))
-    if not inventory.exists():
-        raise BadInput(f"{where}: inventory {inventory} does not exist")
+    _check_inventory(where, inventory)
     serial = str(spec.get("serial", "100%"))
     if not SERIAL_PATTERN.fullmatch(serial):
         raise BadInput(f"{where}: serial must be a count (3) or a percentage (25%), not {serial!r}")
@@ -126,6 +132,34 @@ def _environment(root: Path, name: str, spec: object) -> Environment:
         forks=_bounded(where, spec, "forks", None, 1, 500),
         notify=parse_channels(where, spec.get("notify"), root),
     )
+
+
+def _check_inventory(where: str, inventory: Path) -> None:
+    """A directory, or a file Ansible would read as an inventory: YAML with groups or INI with sections.
+
+    Anything else (a typo pointing at /etc/passwd, say) is refused: Ansible would take its lines for host
+    names and try to reach them."""
+    if inventory.is_dir():
+        return
+    if not inventory.is_file():
+        raise BadInput(f"{where}: inventory {inventory} does not exist")
+    try:
+        text = inventory.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{where}: inventory {inventory} cannot be read ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and data and all(isinstance(group, dict) or group is None for group in data.values()):
+        return
+    if re.search(r"^\s*\[[A-Za-z0-9_:.-]+\]\s*$", text, re.MULTILINE):
+        return
+    entries = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", ";"))]
+    if entries and all(INI_HOST_LINE.match(line) for line in entries):
+        return
+    raise BadInput(f"{where}: {inventory} is not an Ansible inventory (a directory, a YAML file of groups or an "
+                   "INI file with [group] sections)")
 
 
 def _typed(where: str, spec: dict, key: str, kind: type, default):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ansible_runner
 
+from deployctl.ansible_config import merged
 from deployctl.processes import MARK, RUN_ID
 
 # Ansible hands values to deployctl through `ansible.builtin.set_stats` under this key, per host.
@@ -44,6 +45,7 @@ class PhaseResult:
     reports: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    output: dict[str, dict] = field(default_factory=dict)  # host -> the failed task and the end of its output
 
     @property
     def changed_hosts(self) -> list[str]:
@@ -72,10 +74,26 @@ class PhaseResult:
         return f"ansible-playbook ended with status {self.status}, rc {self.rc}"
 
 
+# The caller's settings that make Ansible print module arguments (secrets included) or keep them on the hosts;
+# ansible-runner passes the caller's environment through, so they are taken out of it (cli.py says so).
+UNSAFE_ENVIRONMENT = ("ANSIBLE_DEBUG", "ANSIBLE_KEEP_REMOTE_FILES", "ANSIBLE_VERBOSITY",
+                      "ANSIBLE_DISPLAY_ARGS_TO_STDOUT")
+OUTPUT_TAIL = 4000  # characters of a failed task's stdout and stderr kept for the outcome
+
+
+def strip_unsafe_environment() -> list[str]:
+    """Remove the unsafe settings from this process's environment; returns the names removed."""
+    removed = [name for name in UNSAFE_ENVIRONMENT if os.environ.get(name)]
+    for name in removed:
+        del os.environ[name]
+    return removed
+
+
 @dataclass
 class AnsibleRunner:
     inventory: Path
     runs_dir: Path  # one private data dir per deployment under here
+    project_root: Path | None = None  # whose ansible.cfg the runs honour
     forks: int = 5
     timeout: int = 900
     on_event: Callable[[str, dict], None] | None = None
@@ -89,6 +107,7 @@ class AnsibleRunner:
         ident = f"{seq:02d}-{phase}"
         content = content_dir()
         failed: dict[str, str] = {}
+        output: dict[str, dict] = {}
         unreachable: dict[str, str] = {}
         stats_event: dict | None = None
 
@@ -100,6 +119,9 @@ class AnsibleRunner:
             result = data.get("res") or {}
             if kind == "runner_on_failed" and not data.get("ignore_errors"):
                 failed[host] = _message(result)
+                output[host] = {"task": data.get("task"), "message": failed[host],
+                                **{key: str(result[key])[-OUTPUT_TAIL:] for key in ("stdout", "stderr")
+                                   if result.get(key)}}
             elif kind == "runner_on_unreachable":
                 unreachable[host] = _message(result)
             elif kind == "playbook_on_stats":
@@ -109,11 +131,12 @@ class AnsibleRunner:
             return True  # ansible-runner drops events (and stats) unless the handler says True
 
         bin_dir = str(Path(sys.executable).parent)
+        config = private / "ansible.cfg"
+        if not config.exists():
+            config.write_text(merged(self.project_root or Path.cwd(), content)[0])
         envvars = {
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "ANSIBLE_CONFIG": str(content / "ansible.cfg"),
-            "ANSIBLE_ROLES_PATH": str(content / "roles"),
-            "ANSIBLE_COLLECTIONS_PATH": str(content / "collections"),
+            "ANSIBLE_CONFIG": str(config),
             "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
             "ANSIBLE_NOCOLOR": "1",
             # marks every process of the run, so that what outlives a dead control node can be found
@@ -159,8 +182,9 @@ class AnsibleRunner:
                 failed.setdefault(host, "failed")
             for host in stats["dark"]:
                 unreachable.setdefault(host, "unreachable")
+        output = {h: o for h, o in output.items() if h in failed}
         return PhaseResult(phase, status, rc, stats, failed, unreachable, reports,
-                           time.monotonic() - started, error)
+                           time.monotonic() - started, error, output)
 
     def read(self, playbook: str, extravars: dict) -> PhaseResult:
         """A read-only run that leaves nothing behind in the runs directory."""

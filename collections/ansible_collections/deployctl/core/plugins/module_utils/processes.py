@@ -156,6 +156,13 @@ def run(argv, input=None, timeout=None, label=None, cwd=None, env=None, stdin=No
         return subprocess.CompletedProcess(argv, proc.returncode, _tail(out), _tail(err))
 
 
+def scrubbed(text, secrets):
+    """`text` with every secret of some length masked (short ones would mask ordinary words)."""
+    for secret in sorted((s for s in secrets or () if s and len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, "********")
+    return text
+
+
 def _tail(handle):
     handle.seek(0, os.SEEK_END)
     size = handle.tell()

@@ -43,8 +43,11 @@ options:
       - V(verified) re-verifies an existing set (file hashes plus a scratch restore).
       - V(inspected) returns the live database's state (per table its rows and a content digest, and its schema
         objects) without writing anything: what a rollback compares with the state a release left.
+      - V(checked) proves, before anything changes, that a set can be taken and verified here (the backup
+        directory is writable, the user may create and drop a scratch database; the message gives the grant
+        it lacks) and, with O(set_id), that the set is complete and its files match their hashes.
     type: str
-    choices: [present, restored, listed, verified, inspected]
+    choices: [present, restored, listed, verified, inspected, checked]
     default: present
   engine:
     description:
@@ -406,7 +409,7 @@ def normalize_params(params):
     """Fill defaults and validate the parameters shared by all states."""
     p = dict(DEFAULTS)
     p.update({k: v for k, v in (params or {}).items() if v is not None or k not in DEFAULTS})
-    if p["state"] not in ("present", "restored", "listed", "verified", "inspected"):
+    if p["state"] not in ("present", "restored", "listed", "verified", "inspected", "checked"):
         raise BackupError("unknown state {!r}".format(p["state"]))
     if not p["backup_dir"]:
         raise BackupError("backup_dir is required")
@@ -965,6 +968,20 @@ class MysqlEngine(_Engine):
     def current_state(self):
         return self.inspect(self.database, record=True)
 
+    def check_scratch(self):
+        scratch = self.p["scratch_prefix"] + _random.token_hex(6)
+        try:
+            self.query(f"CREATE DATABASE {_my_ident(scratch)}; DROP DATABASE {_my_ident(scratch)};")
+        except BackupError as exc:
+            account = self.query("SELECT CURRENT_USER();")[0][0]
+            user, _, host = account.rpartition("@")
+            prefix = self.p["scratch_prefix"].replace("_", "\\_")
+            raise BackupError(
+                f"{account} cannot create the scratch databases the backup verification restores into "
+                f"({exc.msg.strip().splitlines()[-1]}); "
+                f"grant it: GRANT ALL ON `{prefix}%`.* TO '{user}'@'{host}';"
+            ) from None
+
 
 # ---- PostgreSQL
 
@@ -1291,6 +1308,19 @@ class PostgresEngine(_Engine):
     def current_state(self):
         return self.inspect(self.database)
 
+    def check_scratch(self):
+        scratch = self.p["scratch_prefix"] + _random.token_hex(6)
+        try:
+            self.query(f"CREATE DATABASE {_pg_ident(scratch)};", self.maintenance_db)
+        except BackupError as exc:
+            user = self.query("SELECT current_user;", self.maintenance_db)[0]
+            raise BackupError(
+                f"{user} cannot create the scratch databases the backup verification restores into "
+                f"({exc.msg.strip().splitlines()[-1]}); "
+                f"grant it: ALTER ROLE {_pg_ident(user)} CREATEDB;"
+            ) from None
+        self._drop(scratch)
+
 
 # ---- SQLite
 
@@ -1444,6 +1474,9 @@ class SqliteEngine(_Engine):
         self._require_live()
         return self.inspect(self.database)
 
+    def check_scratch(self):
+        """Scratch copies of a SQLite set are files in the backup directory, checked writable already."""
+
 
 ENGINES = {"mysql": MysqlEngine, "postgresql": PostgresEngine, "sqlite": SqliteEngine}
 
@@ -1551,6 +1584,58 @@ def list_sets(backup_dir):
         sets.append(manifest)
     sets.sort(key=lambda m: (str(m.get("created_at", "")), m["set_id"]), reverse=True)
     return sets
+
+
+def list_all_sets(backup_dir):
+    """Every set, as `backups` shows them: the good ones with their files checked against their hashes
+    (cached by size and mtime), and the broken ones (unreadable manifest, missing or corrupted file) with
+    the reason, never hidden."""
+    sets = list_sets(backup_dir)
+    for manifest in sets:
+        problem = _files_problem(manifest["path"], manifest)
+        if problem:
+            manifest.update(broken=problem, verified=False)
+    listed = {m["set_id"] for m in sets}
+    for name in sorted(os.listdir(backup_dir)) if os.path.isdir(backup_dir) else []:
+        set_dir = os.path.join(backup_dir, name)
+        if name in listed or not SET_ID_RE.match(name) or not os.path.isfile(os.path.join(set_dir, MANIFEST)):
+            continue
+        try:
+            load_manifest(set_dir)
+            why = "the manifest is not a JSON object"
+        except BackupError as exc:
+            why = exc.msg
+        created = datetime.fromtimestamp(os.path.getmtime(set_dir), timezone.utc)
+        sets.append({"set_id": name, "path": set_dir, "created_at": _iso(created), "verified": False, "broken": why})
+    sets.sort(key=lambda m: (str(m.get("created_at", "")), m["set_id"]), reverse=True)
+    return sets
+
+
+def _files_problem(set_dir, manifest):
+    """Why a set's files do not match its manifest, or None; a sidecar remembers files found sound."""
+    checked_path = os.path.join(set_dir, ".checked.json")
+    try:
+        with open(checked_path) as fh:
+            checked = json.load(fh)
+    except (OSError, ValueError):
+        checked = {}
+    sound = {}
+    for name, info in sorted((manifest.get("files") or {}).items()):
+        path = os.path.join(set_dir, name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"{name} is missing"
+        if st.st_size != info.get("size"):
+            return f"{name} has {st.st_size} bytes, the manifest says {info.get('size')}"
+        stamp = [st.st_size, st.st_mtime_ns]
+        if checked.get(name) != stamp and _sha256_file(path) != info.get("sha256"):
+            return f"{name} does not match its sha256: the set is corrupted"
+        sound[name] = stamp
+    if sound != checked:
+        with contextlib.suppress(OSError), open(checked_path, "w") as fh:
+            json.dump(sound, fh)
+    return None
 
 
 def apply_retention(backup_dir, keep, protect=(), current=None, now=None):
@@ -1892,6 +1977,32 @@ def inspect_live(params):
         return {"changed": False, "data": data_digest(engine.current_state())}
 
 
+def check_ready(params):
+    """state=checked: what a backup or a restore needs, proven without changing anything."""
+    p = normalize_params(dict(params, state="checked"))
+    result = {"changed": False}
+    if p["set_id"]:
+        set_dir, manifest = _load_for(p)
+        with _key_file(p["encryption_key"]) as key_file:
+            _check_set_files(set_dir, manifest, key_file)
+        if manifest.get("bad"):
+            raise BackupError(f"set {p['set_id']} is marked bad: {manifest.get('verify_error')}")
+        result["set"] = {k: manifest.get(k) for k in ("set_id", "created_at", "live_version", "verified")}
+        return result
+    if not p["engine"] or not p["database"]:
+        raise BackupError("engine and database are required for state=checked")
+    directory = p["backup_dir"]
+    while not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    if not os.access(directory, os.W_OK):
+        raise BackupError(f"the backup directory {p['backup_dir']} cannot be written ({directory} is not writable)")
+    with _engine(p) as engine:
+        engine.server_version()
+        if p["verify"]:
+            engine.check_scratch()
+    return result
+
+
 def _load_for(p):
     if not p["set_id"]:
         raise BackupError("set_id is required for state={}".format(p["state"]))
@@ -2005,9 +2116,11 @@ def run(params, check_mode=False, hooks=None):
             return verify_set(p, check_mode=check_mode)
         if state == "inspected":
             return inspect_live(p)
+        if state == "checked":
+            return check_ready(p)
         if state == "listed":
             normalize_params(p)
-            return {"changed": False, "sets": list_sets(os.path.abspath(p["backup_dir"]))}
+            return {"changed": False, "sets": list_all_sets(os.path.abspath(p["backup_dir"]))}
         raise BackupError(f"unknown state {state!r}")
     except BackupError as exc:
         error = exc
@@ -2023,7 +2136,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", default="present",
-                       choices=["present", "restored", "listed", "verified", "inspected"]),
+                       choices=["present", "restored", "listed", "verified", "inspected", "checked"]),
             engine=dict(type="str", choices=["sqlite", "mysql", "postgresql"]),
             database=dict(type="str"),
             login_host=dict(type="str"),

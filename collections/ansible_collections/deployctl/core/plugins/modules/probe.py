@@ -93,6 +93,10 @@ options:
   delay: {description: "Seconds between attempts.", type: float, default: 2}
   timeout: {description: "Seconds one network attempt may take.", type: float, default: 5}
   hostname: {description: "Host name reported in every result (the role passes C(inventory_hostname)).", type: str}
+  validate_only:
+    description: Check the checks' configuration (types, options, regular expressions) and run none of them.
+    type: bool
+    default: false
 notes:
   - Supports check mode (the checks only read).
 """
@@ -659,6 +663,7 @@ def main():
             "delay": {"type": "float", "default": 2},
             "timeout": {"type": "float", "default": 5},
             "hostname": {"type": "str"},
+            "validate_only": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -667,7 +672,9 @@ def main():
     checks = [dict(check) for check in params["checks"]]
     problems = [problem for problem in (prepare(check, params) for check in checks) if problem]
     if problems:
-        module.fail_json(msg="; ".join(problems), checks=[], failed_checks=[])
+        module.fail_json(msg="; ".join(problems), checks=[], failed_checks=[], invalid=True)
+    if params["validate_only"]:
+        module.exit_json(changed=False, checks=[], failed_checks=[], msg=f"{len(checks)} checks are valid")
     results = run_checks(checks, hostname)
     failed = [result for result in results if result["status"] != "pass"]
     names = [result["check"] for result in failed]

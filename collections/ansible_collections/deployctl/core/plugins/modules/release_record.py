@@ -27,12 +27,11 @@ options:
         flag, free space and missing commands.
       - C(begun) records ahead that O(deployment_id) starts, with the version live now; it fails when another
         deployment did not finish on this host.
-      - C(prepared) creates the directories, clears a partly unpacked O(version) and saves the O(preserve)
-        files of shared/ for a rollback of O(deployment_id).
+      - C(prepared) creates the directories and clears a partly unpacked O(version).
       - C(live) links the shared paths into O(version), switches C(current) to it, records it and prunes.
       - C(rolled_back) makes O(version) live again (empty to take down a first release): the entries since
-        it went live are undone, and the shared files the first undone deployment saved are put back before
-        the switch.
+        it went live are undone, and returned (the deployments they came from, oldest first), so that what
+        those deployments saved (M(deployctl.core.env_file)) can be put back.
       - C(settled) ends O(deployment_id): its entries become C(live) (O(outcome=live)) or C(undone), and
         the record of the unfinished deployment is cleared.
       - C(absent) removes C(current).
@@ -48,9 +47,15 @@ options:
     choices: [live, undone, abandoned]
     default: live
   shared: {description: Names under shared/ linked into the release (C(live)) or created as directories (C(prepared))., type: list, elements: str, default: []}
-  preserve: {description: Files under shared/ saved by C(prepared) and put back by C(rolled_back)., type: list, elements: str, default: []}
   keep: {description: Releases kept after a switch (the live one and the rollback target always stay)., type: int, default: 5}
   required_commands: {description: Commands whose absence C(read) reports., type: list, elements: str, default: []}
+  check_writable:
+    description:
+      - Directories under O(app_root) that C(read) and C(begun) try to write a file into (the nearest existing
+        parent for one that does not exist yet), reporting those that refuse in C(not_writable).
+    type: list
+    elements: str
+    default: []
   link:
     description:
       - With C(false) the live version is kept in the record only, for strategies without release directories
@@ -94,11 +99,12 @@ entries: {description: The last switches (version, deployment_id, at, status), n
 pending: {description: The deployment that began and has not settled (deployment_id, action, before, at), or null., type: dict, returned: always}
 complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
-restored_files: {description: Shared files put back by C(rolled_back)., type: list, returned: when state is rolled_back}
+undone: {description: The deployments whose entries C(rolled_back) undid, oldest first., type: list, returned: when state is rolled_back}
 lock: {description: Holder of the release lock, null when free., type: dict, returned: when state is read or begun}
 maintenance: {description: Whether the maintenance flag is up., type: bool, returned: when state is read or begun}
 free_mb: {description: Free space where releases go., type: int, returned: when state is read or begun}
 missing_commands: {description: Required commands not found on the host., type: list, returned: when state is read or begun}
+not_writable: {description: The O(check_writable) directories nothing can be written into, with why., type: dict, returned: when state is read or begun}
 unfinished: {description: The deployment that did not finish on this host, when C(begun) fails because of it., type: dict, returned: on failure}
 """
 
@@ -170,9 +176,6 @@ class Record:
         return sorted(d for d in os.listdir(self.releases_dir)
                       if not d.startswith(".") and os.path.isdir(os.path.join(self.releases_dir, d)))
 
-    def saved_dir(self, deployment_id):
-        return os.path.join(self.state_dir, "deployments", deployment_id)
-
     def report(self):
         return {
             "live": self.live(),
@@ -207,6 +210,23 @@ def _free_mb(path):
     return shutil.disk_usage(path).free // (1024 * 1024)
 
 
+def _not_writable(app_root, names):
+    """{name: why} for the directories a file cannot be created in (read-only mounts, full disks, ...)."""
+    refused = {}
+    for name in names:
+        path = os.path.join(app_root, name)
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        probe = os.path.join(path, f".deployctl-writable-{os.getpid()}")
+        try:
+            with open(probe, "w") as handle:
+                handle.write("x")
+            os.unlink(probe)
+        except OSError as exc:
+            refused[name] = f"{path}: {exc.strerror}"
+    return refused
+
+
 def _read_lock(state_dir):
     try:
         lock = read_json(os.path.join(state_dir, "lock"))
@@ -233,7 +253,7 @@ def _prune(record, keep):
 
 
 def _prune_saved(record):
-    """Saved shared files of deployments no longer in the record."""
+    """What deployments saved for their rollback (.deployctl/deployments/<id>), once they left the record."""
     root = os.path.join(record.state_dir, "deployments")
     known = {e.get("deployment_id") for e in record.entries} | {(record.pending or {}).get("deployment_id")}
     if not os.path.isdir(root):
@@ -241,46 +261,6 @@ def _prune_saved(record):
     for name in os.listdir(root):
         if name not in known:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def _preserve(record, deployment_id, names):
-    """Save shared/<name> once per deployment, before the deployment rewrites it."""
-    saved = record.saved_dir(deployment_id)
-    manifest_path = os.path.join(saved, "saved.json")
-    manifest = read_json(manifest_path, {}) or {}
-    changed = False
-    for name in names:
-        if name in manifest:
-            continue
-        source = os.path.join(record.app_root, "shared", name)
-        target = os.path.join(saved, "shared", name)
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        if os.path.isfile(source) and not os.path.islink(source):
-            shutil.copy2(source, target)
-            manifest[name] = "saved"
-        else:
-            manifest[name] = "absent"
-        changed = True
-    if changed:
-        write_json_atomic(manifest_path, manifest, mode=0o600)
-    return changed
-
-
-def _put_back(record, deployment_id):
-    """Put back the shared files `deployment_id` saved; returns their names."""
-    saved = record.saved_dir(deployment_id)
-    manifest = read_json(os.path.join(saved, "saved.json"), {}) or {}
-    restored = []
-    for name, how in sorted(manifest.items()):
-        dest = os.path.join(record.app_root, "shared", name)
-        if how == "saved":
-            tmp = f"{dest}.{os.getpid()}.tmp"
-            shutil.copy2(os.path.join(saved, "shared", name), tmp)
-            os.replace(tmp, dest)
-        elif os.path.lexists(dest):
-            os.unlink(dest)
-        restored.append(name)
-    return restored
 
 
 def _entry(record, version, deployment_id):
@@ -301,9 +281,9 @@ def main():
             "action": {"type": "str", "default": ""},
             "outcome": {"type": "str", "default": "live", "choices": ["live", "undone", "abandoned"]},
             "shared": {"type": "list", "elements": "str", "default": []},
-            "preserve": {"type": "list", "elements": "str", "default": []},
             "keep": {"type": "int", "default": 5},
             "required_commands": {"type": "list", "elements": "str", "default": []},
+            "check_writable": {"type": "list", "elements": "str", "default": []},
             "link": {"type": "bool", "default": True},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]),
@@ -324,6 +304,7 @@ def main():
         result["maintenance"] = os.path.exists(os.path.join(params["app_root"], "shared", "maintenance.json"))
         result["free_mb"] = _free_mb(params["app_root"])
         result["missing_commands"] = [c for c in params["required_commands"] if shutil.which(c) is None]
+        result["not_writable"] = _not_writable(params["app_root"], params["check_writable"])
 
     if state == "begun":
         pending = record.pending
@@ -353,8 +334,6 @@ def main():
             changed = True  # left half unpacked by an interrupted deploy: start it again
             if not check:
                 shutil.rmtree(release)
-        if params["preserve"] and deployment and not check:
-            changed |= _preserve(record, deployment, params["preserve"])
 
     elif state == "live":
         version = params["version"]
@@ -399,14 +378,9 @@ def main():
                 (chain_positions or e["status"] == PENDING or target is None)]
         if target is not None and record.link and not os.path.isdir(os.path.join(record.releases_dir, target)):
             module.fail_json(msg=f"release {target} is not on this host: nothing to roll back to")
-        restored = []
         if undo or live != target:
             changed = True
             if not check:
-                for entry in undo:
-                    if os.path.exists(os.path.join(record.saved_dir(entry["deployment_id"]), "saved.json")):
-                        restored = _put_back(record, entry["deployment_id"])
-                        break
                 for entry in undo:
                     entry["status"] = UNDONE
                 if live != target:
@@ -418,7 +392,7 @@ def main():
                         _switch(record.current, os.path.join(record.releases_dir, target))
                 record.save()
         result["switched"] = live != target
-        result["restored_files"] = restored
+        result["undone"] = list(dict.fromkeys(e["deployment_id"] for e in undo if e.get("deployment_id")))
 
     elif state == "settled":
         outcome = params["outcome"]

@@ -27,6 +27,11 @@ options:
   deployment_id: {description: Deployment the command belongs to, kept in the record., type: str, default: ""}
   label: {description: What the command is for (migrate, restart, ...), kept in the record., type: str, default: command}
   timeout: {description: Seconds after which the whole group is killed and the task fails (0 for none)., type: int, default: 0}
+  scrub:
+    description: Secret values masked in the output returned (the command may print a password it was given).
+    type: list
+    elements: str
+    default: []
 notes:
   - In check mode the command does not run (the task is skipped), unless the task sets C(check_mode: false).
 author:
@@ -69,6 +74,7 @@ def main():
             "deployment_id": {"type": "str", "default": ""},
             "label": {"type": "str", "default": "command"},
             "timeout": {"type": "int", "default": 0},
+            "scrub": {"type": "list", "elements": "str", "default": [], "no_log": True},
         },
         required_one_of=[("cmd", "argv")],
         mutually_exclusive=[("cmd", "argv")],
@@ -91,8 +97,8 @@ def main():
         module.fail_json(msg=f"{argv[0]} ran longer than {params['timeout']} s and was stopped", rc=-1)
     except OSError as exc:
         module.fail_json(msg=f"cannot run {argv[0]}: {exc.strerror or exc}", rc=127)
-    stdout = done.stdout.decode("utf-8", "replace")
-    stderr = done.stderr.decode("utf-8", "replace")
+    stdout = processes.scrubbed(done.stdout.decode("utf-8", "replace"), params["scrub"])
+    stderr = processes.scrubbed(done.stderr.decode("utf-8", "replace"), params["scrub"])
     result = {"rc": done.returncode, "stdout": stdout, "stderr": stderr,
               "seconds": round(time.monotonic() - started, 3), "changed": True}
     if done.returncode != 0:

@@ -1,0 +1,124 @@
+#!/usr/bin/python
+# Copyright: deployctl maintainers
+# MIT License (see galaxy.yml)
+"""Write deployctl's block of an app's .env, leaving every line the operator wrote as it is."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: env_file
+short_description: Keep deployctl's marked block of a .env file, and nothing else of it
+version_added: "0.2.0"
+description:
+  - deployctl owns only the block between C(# BEGIN deployctl ...) and C(# END deployctl) in the file; every
+    other line is the operator's and stays as it is. A file that does not exist is created (mode 0600); an
+    existing one keeps its mode and owner.
+  - Values are quoted so that a shell's C(.), python-dotenv and docker compose all read back exactly the value
+    given; a value no quoting can carry for all of them (a newline, NUL, C(${), or a single quote or backslash
+    together with one of C($ ` " !)) is refused, and nothing is written.
+  - A variable set both in the block and elsewhere in the file is refused: which one an app sees would depend
+    on its parser.
+  - With O(save_to), the block as it was is saved there first (once: a retried deployment keeps the first
+    copy), so that a rollback can put it back with O(state=restored).
+  - In check mode nothing is written; the values are validated all the same.
+options:
+  path: {description: The .env file., type: path, required: true}
+  state:
+    description: C(present) writes the block from O(values); C(restored) puts back a block saved by O(save_to).
+    type: str
+    choices: [present, restored]
+    default: present
+  values: {description: The variables of the block (C(present))., type: dict, default: {}}
+  save_to: {description: Where the block as it was is saved before C(present) changes it (mode 0600)., type: path}
+  restore_from:
+    description: With C(restored), saved blocks in order of preference; the first that exists is put back.
+    type: list
+    elements: path
+    default: []
+author:
+  - deployctl maintainers
+"""
+
+EXAMPLES = r"""
+- name: Write the app's environment, saving the block as it was for a rollback
+  deployctl.core.env_file:
+    path: /srv/app/shared/.env
+    values: {DATABASE_URL: "mysql://app@db/app", SECRET: "{{ vault_secret }}"}
+    save_to: /srv/app/.deployctl/deployments/DEP-20261201-093000/env-block
+  no_log: true
+"""
+
+RETURN = r"""
+keys: {description: The variables in deployctl's block (never their values)., type: list, returned: always}
+created: {description: Whether the file was created., type: bool, returned: always}
+restored_from: {description: The saved block put back (C(restored)), null when none was saved., type: str, returned: always}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils.envfile import (
+    EnvError,
+    current_block,
+    merged,
+    owned_keys,
+    replaced_block,
+)
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, write_atomic, write_json_atomic
+
+
+def _read(path):
+    """(text, mode, owner) of the file, or (None, 0600, None) when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        info = os.stat(path)
+        return text, info.st_mode & 0o7777, (info.st_uid, info.st_gid)
+    except FileNotFoundError:
+        return None, 0o600, None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "state": {"type": "str", "choices": ["present", "restored"], "default": "present"},
+            "values": {"type": "dict", "default": {}, "no_log": True},
+            "save_to": {"type": "path"},
+            "restore_from": {"type": "list", "elements": "path", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    path, values = params["path"], params["values"]
+    existing, mode, owner = _read(path)
+    restored_from = None
+    try:
+        if params["state"] == "restored":
+            restored_from = next((p for p in params["restore_from"] if os.path.exists(p)), None)
+            if restored_from is None:
+                module.exit_json(changed=False, keys=[], created=False, restored_from=None)
+            saved = read_json(restored_from)["block"]
+            wanted = replaced_block(existing or "", saved) if existing is not None or saved else None
+        else:
+            conflicts = sorted(set(owned_keys(existing or "")) & set(values))
+            if conflicts:
+                raise EnvError(f"{path} sets {', '.join(conflicts)} outside deployctl's block too: remove it there, "
+                               "or from deployctl_env")
+            wanted = merged(existing or "", values)
+    except (EnvError, ValueError, KeyError) as exc:
+        module.fail_json(msg=str(exc))
+    changed = wanted is not None and wanted != existing
+    if params["state"] == "present" and params["save_to"] and not module.check_mode and \
+            not os.path.exists(params["save_to"]):
+        os.makedirs(os.path.dirname(params["save_to"]), mode=0o700, exist_ok=True)
+        write_json_atomic(params["save_to"], {"block": current_block(existing or "")}, mode=0o600)
+    if changed and not module.check_mode:
+        write_atomic(path, wanted, mode=mode, owner=owner)
+    module.exit_json(changed=changed, keys=sorted(values), created=existing is None and changed,
+                     restored_from=restored_from)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Bad input and configuration are refused before maintenance goes up; the operator's files and Ansible
+settings are respected. Each refusal: its exit code, one line, no maintenance phase, nothing changed."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.databases import database, use_database
+from tests.support.faults import sqlite_state
+
+pytestmark = pytest.mark.integration
+
+ANSIBLE_VAULT = str(Path(sys.executable).with_name("ansible-vault"))
+
+
+def phase_names(result) -> list[str]:
+    deployment = result.data.get("deployment") or {}
+    return [p["name"] for p in deployment.get("phases", [])]
+
+
+@pytest.fixture
+def live_v1(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2")
+    assert project.run("release", "v1").code == 0
+    project.before = sqlite_state(project.app_root / "shared" / "data" / "demo.db")
+    return project
+
+
+def assert_refused(project, result, code: int, words: str) -> None:
+    assert result.code == code, result
+    message = result.data.get("message") or result.data.get("error")
+    assert words in message, message
+    assert "maintenance on" not in phase_names(result), "maintenance went up"
+    assert not (project.app_root / "shared" / "maintenance.json").exists()
+    if project.app_root.exists() and (project.app_root / "current").exists():
+        assert project.live() == "v1" and project.served_version() == "v1"
+        assert sqlite_state(project.app_root / "shared" / "data" / "demo.db") == project.before
+    # one line on stderr for the error itself (progress lines aside)
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- the operator's files are theirs
+
+
+def test_an_operators_env_file_is_left_alone_without_deployctl_env(demo_project):
+    project = demo_project()
+    del project.group_vars["deployctl_env"]
+    project.group_vars["deployctl_verify_checks"] = [{"name": "up", "type": "tcp", "port": project.port}]
+    project.write()
+    env = project.app_root / "shared" / ".env"
+    env.parent.mkdir(parents=True)
+    own = f"# the operator's own\nDEMO_PORT={project.port}\nDEMO_HOST=127.0.0.1\nOWN_SETTING='kept as is'\n"
+    env.write_text(own)
+    env.chmod(0o640)
+    project.build("v1")
+    assert project.run("release", "v1").code == 0
+    assert env.read_text() == own and env.stat().st_mode & 0o777 == 0o640
+    assert project.served_version() == "v1"
+
+
+def test_deployctl_owns_only_its_block_and_a_failed_release_puts_it_back(demo_project):
+    project = demo_project()
+    env = project.app_root / "shared" / ".env"
+    env.parent.mkdir(parents=True)
+    env.write_text("OWN_SETTING=kept\n")
+    project.build("v1")
+    project.build("v2", broken="health")
+    assert project.run("release", "v1").code == 0
+    after_v1 = env.read_text()
+    assert after_v1.startswith("OWN_SETTING=kept\n# BEGIN deployctl")
+    with env.open("a") as handle:
+        handle.write("ADDED_LATER=by the operator\n")
+
+    project.group_vars["deployctl_env"]["NEW_IN_V2"] = "only for v2"
+    project.write()
+    failed = project.run("release", "v2")
+    assert failed.code == 4, failed
+    text = env.read_text()
+    assert "NEW_IN_V2" not in text, "the block v1 ran with is back"
+    assert text == after_v1 + "ADDED_LATER=by the operator\n", "lines deployctl did not write are never lost"
+
+
+@pytest.mark.parametrize("value, why", [("x\nDEMO_PORT=18096", "newline"), ("${HOME}", "expand")])
+def test_a_value_that_cannot_be_written_safely_is_refused_before_maintenance(live_v1, value, why):
+    live_v1.group_vars["deployctl_env"]["INJECTED"] = value
+    live_v1.write()
+    refused = live_v1.run("release", "v2")
+    assert_refused(live_v1, refused, 3, why)
+    assert "INJECTED" in refused.data["message"] and value not in refused.stdout + refused.stderr
+
+
+# ---------------------------------------------------------------- checked before maintenance
+
+
+def test_an_unknown_verify_check_type_costs_no_downtime(live_v1):
+    live_v1.group_vars["deployctl_verify_checks"].append({"name": "typo", "type": "htp", "url": "http://x/"})
+    live_v1.write()
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "htp")
+    assert_refused(live_v1, live_v1.run("rollback", "--to", "v1"), 3, "htp")
+    verify = live_v1.run("verify")
+    assert verify.code == 2, verify
+    assert "htp" in verify.data["message"]
+
+
+def test_restore_of_a_missing_or_corrupted_set_is_refused_before_maintenance(live_v1):
+    assert_refused(live_v1, live_v1.run("--yes", "restore", "20990101T000000Z-nothing"), 3, "does not exist")
+    assert live_v1.run("backup").code == 0
+    set_id = live_v1.run("backups").data["sets"][0]["set_id"]
+    dump = live_v1.backups / set_id / "db.dump"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    assert_refused(live_v1, live_v1.run("--yes", "restore", set_id), 3, "corrupted")
+    listed = {s["set_id"]: s for s in live_v1.run("backups").data["sets"]}
+    assert listed[set_id]["verified"] is False and "corrupted" in listed[set_id]["broken"]
+
+
+def test_a_set_with_a_broken_manifest_is_shown_as_broken(live_v1):
+    assert live_v1.run("backup").code == 0
+    set_id = live_v1.run("backups").data["sets"][0]["set_id"]
+    (live_v1.backups / set_id / "manifest.json").write_text("{ not json")
+    listed = {s["set_id"]: s for s in live_v1.run("backups").data["sets"]}
+    assert "not valid JSON" in listed[set_id]["broken"]
+    text = live_v1.run("backups", as_json=False).stdout
+    assert "BROKEN" in text
+
+
+def test_rollback_with_nothing_to_go_back_to(demo_project):
+    project = demo_project()
+    project.build("v1")
+    never = project.run("rollback")
+    assert never.code == 3 and "nothing to roll back" in never.data["message"], never
+    assert project.run("release", "v1").code == 0
+    first = project.run("rollback")
+    assert first.code == 3 and "first one" in first.data["message"], first
+    assert "maintenance on" not in phase_names(first)
+    assert project.live() == "v1" and project.served_version() == "v1"
+
+
+def test_a_read_only_releases_directory_is_caught_by_preflight(live_v1):
+    releases = live_v1.app_root / "releases"
+    subprocess.run(["mount", "--bind", str(releases), str(releases)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(releases)], check=True)
+    try:
+        assert_refused(live_v1, live_v1.run("release", "v2"), 3, "Read-only file system")
+    finally:
+        subprocess.run(["umount", str(releases)], check=False)
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"environments": {"local": {"inventory": "/etc/passwd"}}}, "not an Ansible inventory"),
+    ({"environments": {"local": {"inventory": "inventory/local"}}, "enviroments": {}}, "unknown setting"),
+    ({"environments": {"local": {"inventory": "inventory/local", "phase_timout": 10}}}, "phase_timout"),
+])
+def test_configuration_mistakes_are_one_line_and_exit_2(live_v1, config, words):
+    (live_v1.root / "deployctl.yml").write_text(json.dumps(config))
+    for args in (("release", "v2"), ("status",), ("verify",)):
+        refused = live_v1.run(*args)
+        assert refused.code == 2, refused
+        assert words in refused.data["error"] and refused.stderr.count("\n") == 1, refused.stderr
+
+
+def test_a_database_user_without_scratch_privileges_gets_the_grant_to_run(demo_project):
+    project = demo_project()
+    with database("mysql") as (name, password):
+        use_database(project, "mysql", name, password)
+        subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-e",
+                        f"REVOKE ALL ON `deployctl\\_verify\\_%`.* FROM '{name}'@'127.0.0.1'"], check=True)
+        project.build("v1")
+        refused = project.run("release", "v1")
+        assert refused.code == 3, refused
+        assert "GRANT ALL ON `deployctl\\_verify\\_%`.*" in refused.data["message"]
+        assert "maintenance on" not in phase_names(refused) and not project.app_root.joinpath("current").exists()
+        project.stop()
+
+
+# ---------------------------------------------------------------- messages say why
+
+
+def test_a_failed_command_says_why(live_v1):
+    live_v1.group_vars["deployctl_restart_command"] = (
+        "sh -c 'test \"$(cat VERSION)\" != v2 || { echo the port is taken by someone else >&2; exit 3; }; bin/restart'")
+    live_v1.write()
+    failed = live_v1.run("release", "v2")
+    assert failed.code == 4, failed
+    assert "the port is taken by someone else" in failed.data["message"]
+    output = failed.data["failure"]
+    assert output["phase"] == "deploy"
+    assert "the port is taken" in output["hosts"]["localhost"]["stderr"]
+
+
+def test_a_lock_that_was_never_taken_is_not_said_to_be_held(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.app_root.mkdir(parents=True)
+    (project.app_root / ".deployctl").write_text("a file where deployctl's directory goes")
+    refused = project.run("release", "v1")
+    assert refused.code == 3, refused
+    assert "could not take the lock" in refused.data["message"]
+    assert "could not be released" not in refused.data["message"]
+
+
+# ---------------------------------------------------------------- the Ansible the user already has
+
+
+def vaulted_project(project, tmp_path):
+    """The database password and a secret of the app in a vault, the password file named in the project's
+    own ansible.cfg by a path relative to it, as Ansible users do."""
+    (project.root / ".vault_pass").write_text("correct horse battery staple\n")
+    (project.root / ".vault_pass").chmod(0o600)
+    (project.root / "ansible.cfg").write_text("[defaults]\nvault_password_file = .vault_pass\n")
+    secret = "s3cret-from-the-vault-" + os.urandom(4).hex()
+    vault = project.root / "inventory" / "local" / "group_vars" / "all" / "vault.yml"
+    vault.parent.mkdir(parents=True, exist_ok=True)
+    plain = project.root / "inventory" / "local" / "group_vars" / "all.yml"
+    plain.rename(vault.parent / "main.yml")
+    vault.write_text(f"vault_api_token: {secret}\n")
+    subprocess.run([ANSIBLE_VAULT, "encrypt", "--vault-password-file", str(project.root / ".vault_pass"),
+                    str(vault)], check=True, capture_output=True)
+    project.group_vars["deployctl_env"]["API_TOKEN"] = "{{ vault_api_token }}"
+    (vault.parent / "main.yml").write_text(json.dumps(project.group_vars))
+    assert secret.encode() not in vault.read_bytes()
+    return secret
+
+
+def test_the_projects_ansible_cfg_and_vault_are_honoured_also_on_a_timer(demo_project, tmp_path):
+    project = demo_project()
+    secret = vaulted_project(project, tmp_path)
+    project.build("v1")
+    released = project.run("release", "v1")
+    assert released.code == 0, released
+    assert secret in (project.app_root / "shared" / ".env").read_text()
+
+    # a scheduled verify: cron's empty environment, started from elsewhere
+    cron_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    timer = subprocess.run([str(Path(sys.executable).with_name("deployctl")), "--project-dir", str(project.root),
+                            "--json", "verify"], capture_output=True, text=True, env=cron_env, cwd="/")
+    assert timer.returncode == 0, timer.stderr[-2000:]
+    state = project.root / ".deployctl"
+    assert [p for p in state.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
+    assert secret not in released.stdout + released.stderr + timer.stdout + timer.stderr
+
+
+def test_debug_settings_of_the_caller_never_put_secrets_in_kept_files(demo_project, tmp_path):
+    project = demo_project()
+    secret = "api-" + os.urandom(8).hex()
+    project.group_vars["deployctl_env"]["API_TOKEN"] = secret
+    project.write()
+    project.build("v1")
+    home = tmp_path / "home"
+    home.mkdir()
+    unsafe = {"ANSIBLE_DEBUG": "1", "ANSIBLE_KEEP_REMOTE_FILES": "1", "ANSIBLE_VERBOSITY": "4", "HOME": str(home)}
+    released = project.run("release", "v1", env=unsafe)
+    assert released.code == 0, released
+    for name in ("ANSIBLE_DEBUG", "ANSIBLE_KEEP_REMOTE_FILES", "ANSIBLE_VERBOSITY"):
+        assert f"{name} is ignored" in released.stderr
+    kept = [p for root in (project.root / ".deployctl", home) for p in root.rglob("*") if p.is_file()]
+    assert [str(p) for p in kept if secret.encode() in p.read_bytes()] == []
+    assert secret not in released.stdout + released.stderr
+    assert not list(home.rglob("AnsiballZ_*")), "no module payload was kept"
+
+
+def test_status_tells_the_truth(live_v1):
+    status = live_v1.run("status")
+    host = status.data["hosts"]["localhost"]
+    assert (host["live"], host["reported_version"], host["maintenance"]) == ("v1", "v1", False)
+    assert live_v1.run("maintenance", "on").code == 0
+    host = live_v1.run("status").data["hosts"]["localhost"]
+    assert host["maintenance"] is True
+    assert live_v1.run("maintenance", "off").code == 0
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_mounts(tmp_path):
+    yield
+    mounts = Path("/proc/mounts").read_text()
+    for line in mounts.splitlines():
+        target = line.split()[1]
+        if target.startswith(str(tmp_path)):
+            subprocess.run(["umount", "-l", target], check=False)
+    shutil.rmtree(tmp_path / "home", ignore_errors=True)
