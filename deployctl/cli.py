@@ -75,11 +75,19 @@ def release(ctx: Context, version, no_rollback):
 
 
 def data_options(command):
-    command = click.option("--restore-data", "data", flag_value="restore",
+    """--keep-data / --restore-data, as one `data` argument: auto, keep or restore (never both)."""
+
+    def choose(click_ctx, param, value):
+        keep = click_ctx.params.pop("keep_data", False)
+        if keep and value:
+            raise click.BadParameter("choose one of --keep-data and --restore-data", ctx=click_ctx, param=param)
+        return "restore" if value else ("keep" if keep else "auto")
+
+    command = click.option("--restore-data", "data", is_flag=True, callback=choose,
                            help="Restore the backup set taken before what is undone, losing writes made since "
                                 "(a safety set is taken first).")(command)
-    keep = click.option("--keep-data", "data", flag_value="keep", help="Never restore the database: code only.")
-    return keep(command)
+    return click.option("--keep-data", "keep_data", is_flag=True, is_eager=True,
+                        help="Never restore the database: code only.")(command)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -95,7 +103,7 @@ def rollback(ctx: Context, to, data):
     """
     if to is not None:
         projects.check_version(to)
-    _finish(ctx, ctx.pipeline("Roll back").rollback(to, data or "auto"))
+    _finish(ctx, ctx.pipeline("Roll back").rollback(to, data))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -110,7 +118,7 @@ def recover(ctx: Context, resolve, force, data):
     recorded, with its own backup set where it may have changed data; works from the hosts' own records
     when the history is lost.
     """
-    _finish(ctx, ctx.pipeline("Recover the unfinished deployment").recover(resolve, data or "auto", force))
+    _finish(ctx, ctx.pipeline("Recover the unfinished deployment").recover(resolve, data, force))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -11,12 +11,20 @@ from rich.console import Console
 from rich.table import Table
 
 
+class _Console(Console):
+    """A console that goes quiet when its reader goes away (`deployctl release | head`, a dropped SSH
+    session) instead of rich's default of exiting: a release must never stop halfway for that."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
 class Output:
     def __init__(self, as_json: bool = False, quiet: bool = False):
         self.as_json = as_json
         self.quiet = quiet
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = _Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = _Console(highlight=False, soft_wrap=True)
         self._gone: set[str] = set()
 
     def _print(self, stream: str, *objects) -> None:

@@ -14,7 +14,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from deployctl import processes
+from deployctl import processes, variables
 from deployctl.console import Output
 from deployctl.data import migrated, reopened, unexplained_changes
 from deployctl.errors import DeployctlError, ExitCode, StateError
@@ -22,7 +22,7 @@ from deployctl.history import RUNNING, Deployment, History
 from deployctl.notify import ANNOUNCED_ACTIONS, Notifier, finish_event, verification_event
 from deployctl.phases import PHASES, Phase
 from deployctl.project import Environment, Project
-from deployctl.runner import AnsibleRunner, PhaseResult
+from deployctl.runner import AnsibleRunner, PhaseResult, content_dir
 
 # How a deployment's entries end in the hosts' records, by its outcome (deployctl.core.release_record).
 SETTLED = {"live": "live", "rolled-back": "undone", "interrupted": "undone", "recovered": "undone"}
@@ -32,13 +32,14 @@ def gate(result: PhaseResult) -> bool:
     """A phase passes only when ansible-runner finished successfully and no host failed or vanished.
 
     rc alone is not enough (4 means both "unreachable" and "parser error"), and stats are None after a
-    timeout, a cancel or a playbook that never started: all of those are failures.
+    timeout, a cancel or a playbook that never started: all of those are failures. So is a phase that ran
+    on no host at all (a group missing from the inventory): it did nothing it was meant to.
     """
     if result.error is not None or result.stats is None:
         return False
     if result.status != "successful" or result.rc != 0:
         return False
-    return not result.stats["failures"] and not result.stats["dark"]
+    return bool(result.stats["processed"]) and not result.stats["failures"] and not result.stats["dark"]
 
 
 @dataclass
@@ -137,12 +138,17 @@ class Pipeline:
         return self._command("restore", None, lambda run: self._restore(run, set_id), self._stop_interrupted)
 
     def recover(self, resolve: bool = False, data: str = "auto", force: bool = False) -> Outcome:
+        result, hosts = self.state()
+        if result.stats is not None and self._find_unfinished(hosts) is None:
+            return Outcome(ExitCode.OK, "ok", "no unfinished deployment: nothing to recover")
         return self._command("recover", None, lambda run: self._recover_unfinished(run, resolve, data, force),
                              self._stop_interrupted, needs_history=False)
 
     def backup(self) -> Outcome:
         def body(run: Run) -> Outcome:
             self._lock(run)
+            state = self._phase(run, Phase.STATE, {})
+            self._note(run, before={h: s.get("live") for h, s in state.report("state").items()})
             result = self._backup(run, "manual")
             if not gate(result):
                 return self._finish(run, ExitCode.FAILED_UNCHANGED, "failed", f"backup failed: {result.problem()}")
@@ -182,6 +188,12 @@ class Pipeline:
                 if processes.alive(holder):
                     raise Refused(ExitCode.LOCKED, "locked", f"{host} is locked by {who}, which is still running "
                                                              f"(pid {holder.get('pid')}): it will release the lock")
+                leftovers = processes.marked(holder.get("run_id")) if processes.is_local(holder) else []
+                if leftovers:
+                    raise Refused(ExitCode.LOCKED, "locked",
+                                  f"{host} is locked by {who}, whose deployctl is gone but whose Ansible still runs "
+                                  f"(pids {', '.join(map(str, leftovers))}): `deployctl recover` stops it and puts "
+                                  "back what it changed")
                 if not processes.is_local(holder) and not force:
                     raise Refused(ExitCode.LOCKED, "locked",
                                   f"{host} is locked by {who} from another control node: if that deployment "
@@ -234,12 +246,11 @@ class Pipeline:
     # ---------------------------------------------------------------- command bodies
 
     def _release(self, run: Run, version: str) -> Outcome:
-        extra = {"deployctl_version": version}
+        extra = {"deployctl_version": version, "deployctl_deploy_restart_always": True}
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
         if not gate(preflight):
-            self._refuse_unfinished_hosts(preflight)
-            return self._stop_unchanged(run, f"preflight failed: {preflight.problem()}")
+            return self._preflight_refused(run, preflight, "preflight failed")
         self._note(run, before={h: s.get("live") for h, s in preflight.report("state").items()})
         if self.env.backup:
             backup = self._backup(run, "pre-release")
@@ -266,8 +277,7 @@ class Pipeline:
         self._lock(run)
         state = self._phase(run, Phase.STATE, {"deployctl_begin": True, "deployctl_preflight_validate": True})
         if not gate(state):
-            self._refuse_unfinished_hosts(state)
-            return self._stop_unchanged(run, f"could not read the hosts' state: {state.problem()}")
+            return self._preflight_refused(run, state, "preflight failed")
         hosts = state.report("state")
         live = {h: s.get("live") for h, s in hosts.items()}
         self._note(run, before=live)
@@ -284,6 +294,9 @@ class Pipeline:
                 return self._stop_unchanged(run, f"no earlier release to go back to on {', '.join(lacking)} "
                                                  "(its live release is the first one)")
             targets = {h: s["previous"] for h, s in hosts.items() if s.get("live")}
+        if all(live.get(h) == v for h, v in targets.items()) and data != "restore":
+            return self._finish(run, ExitCode.OK, "unchanged",
+                                f"{', '.join(sorted(set(targets.values())))} is already live: nothing to roll back")
         restore, note = self._data_to_restore(run, hosts, targets, data, to)
         self._note(run, targets=targets, restored_set=restore)
         if restore:
@@ -313,7 +326,7 @@ class Pipeline:
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {"deployctl_restore_set_id": set_id})
         if not gate(preflight):
-            return self._stop_unchanged(run, f"preflight failed: {preflight.problem()}")
+            return self._preflight_refused(run, preflight, "preflight failed")
         stopped = self._stop_commands(run, run.deployment.id)
         if stopped is not None:
             return stopped
@@ -384,11 +397,12 @@ class Pipeline:
         on = self._phase(run, Phase.MAINTENANCE_ON, {})
         if not gate(on):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human", f"maintenance on failed: {on.problem()}")
-        rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(targets, restore, live.values()))
-        self._note_safety_set(run, rollback)
-        if not gate(rollback):
-            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                f"rolling back {ident} failed: {rollback.problem()}; maintenance mode stays on")
+        if targets or restore:
+            rollback = self._phase(run, Phase.ROLLBACK, self._rollback_variables(targets, restore, live.values()))
+            self._note_safety_set(run, rollback)
+            if not gate(rollback):
+                return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                    f"rolling back {ident} failed: {rollback.problem()}; maintenance mode stays on")
         run.settle[ident] = "undone"
         if dead is not None:
             self._close_unfinished(dead, "recovered", run.deployment.id)
@@ -396,8 +410,9 @@ class Pipeline:
         if not self._verify_and_reopen(run, live_hosts):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"{ident} rolled back, but verify or maintenance off failed; maintenance stays on")
-        back = ", ".join(sorted({v or "nothing" for v in targets.values()})) or "what was live before"
-        return self._finish(run, ExitCode.OK, "rolled-back", f"{ident} rolled back to {back}; {note}")
+        code = (f"the code back to {', '.join(sorted({v or 'nothing' for v in targets.values()}))}" if targets
+                else "it had changed no code")
+        return self._finish(run, ExitCode.OK, "rolled-back", f"{ident} is undone: {code}; {note}")
 
     # ---------------------------------------------------------------- recovery
 
@@ -520,6 +535,17 @@ class Pipeline:
                     idents.append(ident)
         return idents, [d for d in (self._deployment_or_none(i) for i in idents) if d is not None]
 
+    def _require_set(self, set_id: str) -> None:
+        """Refuse, before anything changes, to restore a set that is gone (pruned, deleted) or broken."""
+        result, sets = self.backups()
+        found = next((s for s in sets if s.get("set_id") == set_id), None)
+        if not gate(result) or found is None or found.get("broken") or not found.get("verified"):
+            why = ("it is not on the database host" if found is None else
+                   found.get("broken") or "it was never verified")
+            raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
+                          f"backup set {set_id} cannot be restored: {why if gate(result) else result.problem()}; "
+                          "nothing was changed (--keep-data rolls back the code only)")
+
     def _writes_lost(self, run: Run, undone: list[Deployment], hosts: dict) -> str | None:
         """None when restoring the set taken before `undone` loses nothing; else what it would lose, or why
         nobody can tell."""
@@ -552,6 +578,7 @@ class Pipeline:
                 raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
                               "no backup set to restore (the history has none for the releases undone); "
                               "nothing was changed")
+            self._require_set(candidate)
             return candidate, f"database restored from {candidate} (--restore-data)"
         if not self.env.backup:
             return None, "data kept as it is (backups are off for this environment)"
@@ -567,6 +594,7 @@ class Pipeline:
             raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
                           f"{changed_schema[0].id} changed the schema but no backup set was taken before it: "
                           "choose --keep-data; nothing was changed")
+        self._require_set(candidate)
         lost = self._writes_lost(run, undone, hosts)
         if lost:
             raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
@@ -688,6 +716,7 @@ class Pipeline:
             "deployctl_max_fail_percentage": self.env.max_fail_percentage,
             "deployctl_verify_each_batch": self.env.serial != "100%",
             "deployctl_backup_enabled": self.env.backup,
+            "deployctl_known_variables": variables.known(content_dir()),
             **extra,
         }
 
@@ -800,7 +829,8 @@ class Pipeline:
 
     def _rollback_variables(self, targets: dict, restore: str | None, live) -> dict:
         """The rollback phase's variables; `live` are the versions live now, recorded in the safety set."""
-        return {"deployctl_rollback_targets": targets, "deployctl_restore_set_id": restore or "",
+        return {"deployctl_rollback_targets": targets, "deployctl_rollback_only_targets": True,
+                "deployctl_restore_set_id": restore or "",
                 "deployctl_backup_protect": sorted({*self._protected_sets(), *filter(None, [restore])}),
                 "deployctl_live_version": ",".join(sorted({v for v in live if v}))}
 
@@ -827,13 +857,24 @@ class Pipeline:
         off = self._phase(run, Phase.MAINTENANCE_OFF, {})
         return gate(off)
 
-    def _refuse_unfinished_hosts(self, result: PhaseResult) -> None:
+    def _preflight_refused(self, run: Run, result: PhaseResult, what: str) -> Outcome:
+        """Why a preflight (or a state read with its checks) refused, in the words that help most."""
         unfinished = next((u for u in result.report("unfinished").values() if u), None)
         if unfinished:
+            ident = str(unfinished.get("deployment_id"))
+            other = self._deployment_or_none(ident)
+            if other is not None and other.outcome == RUNNING and processes.alive(other.details.get("process")):
+                raise Refused(ExitCode.LOCKED, "locked",
+                              f"deployment {ident} ({other.action}) is running (pid {other.details['process']['pid']}, "
+                              f"since {other.started_at}); nothing was changed")
             raise Refused(ExitCode.LOCKED, "locked",
-                          f"deployment {unfinished.get('deployment_id')} ({unfinished.get('action')}, started "
-                          f"{unfinished.get('at')}) did not finish on the hosts: run `deployctl recover`; nothing was "
-                          "changed")
+                          f"deployment {ident} ({unfinished.get('action')}, started {unfinished.get('at')}) did not "
+                          "finish on the hosts: run `deployctl recover`; nothing was changed")
+        unknown = sorted({n for names in result.report("unknown_variables").values() for n in names or []})
+        if unknown:
+            return self._stop_unchanged(run, f"{what}: the inventory sets variables no deployctl role reads: "
+                                             f"{variables.explain(unknown, content_dir())}")
+        return self._stop_unchanged(run, f"{what}: {result.problem()}")
 
     def _stop_unchanged(self, run: Run, message: str) -> Outcome:
         return self._finish(run, ExitCode.FAILED_UNCHANGED, "unchanged", f"{message}; nothing was changed")

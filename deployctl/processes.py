@@ -50,6 +50,11 @@ def alive(process: dict | None) -> bool | None:
     return isinstance(pid, int) and start_ticks(pid) is not None and start_ticks(pid) == process.get("start_ticks")
 
 
+def marked(run_id: str | None) -> list[int]:
+    """The Ansible processes (ansible-playbook, its workers and SSH clients) of a run, still alive."""
+    return _marked(run_id) if run_id else []
+
+
 def _marked(run_id: str) -> list[int]:
     mark = f"{MARK}={run_id}".encode() + b"\0"
     own = os.getpid()

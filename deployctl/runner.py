@@ -71,6 +71,8 @@ class PhaseResult:
             return "interrupted"
         if self.stats is None:
             return f"ansible-playbook ended without a result (status {self.status}, rc {self.rc})"
+        if not self.stats["processed"]:
+            return "no host of the inventory is in the group this phase runs on"
         return f"ansible-playbook ended with status {self.status}, rc {self.rc}"
 
 

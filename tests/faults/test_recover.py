@@ -1,5 +1,6 @@
 """The control node dies mid-release: everything refuses, naming the deployment, until `recover` finishes it."""
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,15 @@ def start_detached(project, *args) -> subprocess.Popen:
     return subprocess.Popen([DEPLOYCTL, "--project-dir", str(project.root), "--json", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                             start_new_session=True)
+
+
+def recorded_labels(registry) -> list[str]:
+    """What the commands recorded on the host are for (tracked_command's registry)."""
+    labels = []
+    for record in registry.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            labels.append(json.loads(record.read_text()).get("label"))
+    return labels
 
 
 def killed_mid_deploy(demo_project):
@@ -125,3 +135,26 @@ def test_unlock_never_breaks_a_running_release(demo_project):
     assert json.loads(stdout)["outcome"] == "interrupted"
     assert settled(project.app_root) == SETTLED
     assert os.path.lexists(project.app_root / "current") is False
+
+
+def test_unlock_refuses_while_a_dead_deployctls_ansible_still_runs(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2")
+    assert project.run("release", "v1").code == 0
+    project.group_vars["deployctl_restart_command"] = "sh -c 'sleep 20; bin/restart'"
+    project.write()
+    proc = start_detached(project, "release", "v2")
+    registry = project.app_root / ".deployctl" / "processes"
+    wait_for(lambda: "restart" in recorded_labels(registry), what="the restart to start")
+    os.kill(proc.pid, signal.SIGKILL)  # deployctl only: the Ansible it started goes on with the restart
+    proc.wait()
+    refused = project.run("unlock")
+    assert refused.code == 6, refused
+    assert "Ansible still runs" in refused.data["message"] and "deployctl recover" in refused.data["message"]
+    project.group_vars["deployctl_restart_command"] = "bin/restart"
+    project.write()
+    recovered = project.run("recover")
+    assert recovered.code == 0, recovered
+    assert project.live() == "v1" and project.served_version() == "v1"
+    assert settled(project.app_root) == SETTLED

@@ -286,3 +286,102 @@ def _no_leftover_mounts(tmp_path):
         if target.startswith(str(tmp_path)):
             subprocess.run(["umount", "-l", target], check=False)
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+# ---------------------------------------------------------------- inventory mistakes
+
+
+def test_a_missing_db_group_with_backups_on_is_refused(live_v1):
+    del live_v1.hosts["all"]["children"]["db"]
+    live_v1.write()
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "exactly one host in group db")
+
+
+def test_a_typo_in_the_app_group_is_refused(live_v1):
+    children = live_v1.hosts["all"]["children"]
+    children["ap"] = children.pop("app")
+    live_v1.write()
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "needs hosts in group app")
+
+
+def test_a_typo_in_a_variable_name_is_refused_with_what_was_meant(live_v1):
+    live_v1.group_vars["deployctl_migrate_comand"] = live_v1.group_vars.pop("deployctl_migrate_command")
+    live_v1.write()
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3,
+                   "deployctl_migrate_comand (did you mean deployctl_migrate_command?)")
+
+
+def test_a_truncated_archive_is_refused_before_maintenance(live_v1):
+    archive = live_v1.dist / "demo-v2.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:200])
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "is not a whole tar archive")
+
+
+# ---------------------------------------------------------------- a version is one build
+
+
+def test_a_rebuilt_artifact_of_a_version_that_never_went_live_is_unpacked_again(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", broken="health")
+    assert project.run("release", "v1").code == 0
+    assert project.run("release", "v2").code == 4
+    project.build("v2")  # the fixed build, same version
+    again = project.run("release", "v2")
+    assert again.code == 0, again
+    assert project.served_version() == "v2"
+
+
+def test_a_live_version_rebuilt_differently_is_refused(live_v1):
+    assert live_v1.run("release", "v2").code == 0
+    live_v1.build("v2", broken="health")
+    refused = live_v1.run("release", "v2")
+    assert refused.code == 3 and "must not change" in refused.data["message"], refused
+    assert "maintenance on" not in phase_names(refused) and live_v1.served_version() == "v2"
+
+
+def test_releasing_the_live_version_again_restarts_its_app(live_v1):
+    live_v1.stop()  # the app died
+    again = live_v1.run("release", "v1")
+    assert again.code == 0, again
+    assert live_v1.served_version() == "v1"
+
+
+# ---------------------------------------------------------------- rollback input
+
+
+def test_rollback_data_choices_are_one_or_the_other(live_v1):
+    both = live_v1.run("rollback", "--keep-data", "--restore-data")
+    assert both.code == 2 and "choose one" in both.data["error"], both
+
+
+def test_rolling_back_to_the_live_version_does_nothing(live_v1):
+    nothing = live_v1.run("rollback", "--to", "v1")
+    assert nothing.code == 0 and "already live" in nothing.data["message"], nothing
+    assert "maintenance on" not in phase_names(nothing)
+
+
+def test_restore_data_from_a_set_that_is_gone_is_refused_before_maintenance(demo_project):
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", migrations=["add_price:ALTER TABLE items ADD COLUMN price INTEGER"])
+    assert project.run("release", "v1").code == 0
+    second = project.run("release", "v2")
+    shutil.rmtree(project.backups / second.data["deployment"]["details"]["backup_set"])
+    refused = project.run("rollback", "--restore-data")
+    assert refused.code == 3 and "cannot be restored" in refused.data["message"], refused
+    assert "maintenance on" not in phase_names(refused) and project.live() == "v2"
+
+
+def test_a_manual_backup_records_the_live_version(live_v1):
+    taken = live_v1.run("backup")
+    assert taken.code == 0, taken
+    newest = live_v1.run("backups").data["sets"][0]
+    assert (newest["live_version"], newest["purpose"]) == ("v1", "manual")
+
+
+def test_recover_with_nothing_to_recover_leaves_no_record(live_v1):
+    before = live_v1.run("history").data
+    nothing = live_v1.run("recover")
+    assert nothing.code == 0 and "nothing to recover" in nothing.data["message"], nothing
+    assert live_v1.run("history").data == before

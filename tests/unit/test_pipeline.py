@@ -167,6 +167,13 @@ def released(pipeline, runner, version="v2", schema=("0001", "0002")):
 def rollback_state(runner, ident, maintenance=False):
     runner.answer("state", Answer(reports={"localhost": host_state(
         "v2", "v1", entries=[entry("v1", "DEP-A"), entry("v2", ident)], maintenance=maintenance)}))
+    sets_on_the_db_host(runner, "S1")
+
+
+def sets_on_the_db_host(runner, *set_ids, broken=()):
+    runner.answer("backups", Answer(reports={"localhost": {"backups": [
+        {"set_id": s, "verified": s not in broken, **({"broken": "corrupted"} if s in broken else {})}
+        for s in set_ids]}}))
 
 
 def test_rollback_restores_when_nothing_was_written_since(make):
@@ -176,8 +183,8 @@ def test_rollback_restores_when_nothing_was_written_since(make):
     runner.answer("data check", Answer(reports={"localhost": {"data": DATA_B}}))
     outcome = pipeline.rollback()
     assert outcome.exit_code == ExitCode.OK and "nothing was written since" in outcome.message
-    assert runner.phases == ["lock", "state", "data check", "stop commands", "maintenance on", "rollback", "verify",
-                             "data state", "maintenance off", "unlock"]
+    assert runner.phases == ["lock", "state", "backups", "data check", "stop commands", "maintenance on", "rollback",
+                             "verify", "data state", "maintenance off", "unlock"]
     assert runner.variables("rollback")["deployctl_restore_set_id"] == "S1"
 
 
@@ -222,6 +229,7 @@ def test_rollback_of_a_release_that_ended_in_maintenance_restores_without_compar
     pipeline.no_rollback = False
     runner.answer("state", Answer(reports={"localhost": host_state(
         "v2", "v1", entries=[entry("v1", "DEP-A"), entry("v2", ident, "pending")], maintenance=True)}))
+    sets_on_the_db_host(runner, "S1")
     outcome = pipeline.rollback()
     assert outcome.exit_code == ExitCode.OK, outcome.message
     assert "data check" not in runner.phases, "maintenance held writes off: nothing to compare"
@@ -257,12 +265,13 @@ def test_recover_adopts_the_lock_stops_commands_and_rolls_back(make):
     dead = pipeline.history.start("local", "release", "v2", {
         "process": {"control_node": socket.gethostname(), "pid": 999999999, "start_ticks": 1, "run_id": "x"},
         "before": {"localhost": "v1"}, "backup_set": "S1", "migrate_started": True})
-    runner.answer("state", Answer(reports={"localhost": host_state(
-        "v2", "v1", maintenance=True, pending={"deployment_id": dead.id, "action": "release", "before": "v1"})}))
+    state = Answer(reports={"localhost": host_state(
+        "v2", "v1", maintenance=True, pending={"deployment_id": dead.id, "action": "release", "before": "v1"})})
+    runner.answer("state", state, state)  # read first (is there anything to recover?), then under the lock
     outcome = pipeline.recover()
     assert outcome.exit_code == ExitCode.OK and outcome.outcome == "rolled-back", outcome.message
-    assert runner.phases == ["state", "lock", "stop commands", "maintenance on", "rollback", "verify", "data state",
-                             "maintenance off", "unlock"]
+    assert runner.phases == ["state", "state", "lock", "stop commands", "maintenance on", "rollback", "verify",
+                             "data state", "maintenance off", "unlock"]
     assert runner.variables("lock")["deployctl_lock_adopt"] == dead.id
     assert runner.variables("rollback")["deployctl_rollback_targets"] == {"localhost": "v1"}
     assert runner.variables("rollback")["deployctl_restore_set_id"] == "S1"
@@ -274,14 +283,64 @@ def test_recover_adopts_the_lock_stops_commands_and_rolls_back(make):
 def test_recover_refuses_a_deployment_that_still_runs_or_ran_elsewhere(make):
     pipeline, runner = make()
     pipeline.history.start("local", "release", "v2", {"process": {"control_node": "elsewhere", "pid": 1}})
-    runner.answer("state", Answer(reports={"localhost": host_state("v2", "v1", pending={
-        "deployment_id": "DEP-ELSEWHERE", "action": "release", "before": "v1"})}))
-    runner.hosts = ["localhost"]
     holder = {"deployment_id": "DEP-ELSEWHERE", "control_node": "elsewhere", "pid": 1, "user": "ada"}
-    runner.answers["state"][0].reports["localhost"]["state"]["lock"] = holder
+    state = Answer(reports={"localhost": host_state("v2", "v1", pending={
+        "deployment_id": "DEP-ELSEWHERE", "action": "release", "before": "v1"})})
+    state.reports["localhost"]["state"]["lock"] = holder
+    runner.answer("state", state, state)
     outcome = pipeline.recover()
     assert outcome.exit_code == ExitCode.LOCKED and "--force" in outcome.message
     assert "rollback" not in runner.phases
+
+
+def test_recover_of_a_deployment_that_changed_no_code_touches_no_code(make):
+    """Killed during its backup: nothing to put back but its lock; no host goes to an older release."""
+    pipeline, runner = make()
+    dead = pipeline.history.start("local", "release", "v3", {
+        "process": {"control_node": socket.gethostname(), "pid": 999999999, "start_ticks": 1, "run_id": "x"},
+        "before": {"localhost": "v2"}})
+    state = Answer(reports={"localhost": host_state(
+        "v2", "v1", pending={"deployment_id": dead.id, "action": "release", "before": "v2"})})
+    runner.answer("state", state, state)
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.OK and "changed no code" in outcome.message, outcome.message
+    assert "rollback" not in runner.phases
+
+
+def test_nothing_unfinished_means_nothing_recorded(make):
+    pipeline, runner = make()
+    runner.answer("state", Answer(reports={"localhost": host_state("v2", "v1")}))
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.OK and "nothing to recover" in outcome.message
+    assert pipeline.history.recent("local") == [] and runner.phases == ["state"]
+
+
+def test_a_restore_the_set_is_gone_for_is_refused_before_maintenance(make):
+    pipeline, runner = make()
+    ident = released(pipeline, runner)
+    runner.answer("state", Answer(reports={"localhost": host_state(
+        "v2", "v1", entries=[entry("v1", "DEP-A"), entry("v2", ident)])}))
+    sets_on_the_db_host(runner, "S1", broken=("S1",))
+    outcome = pipeline.rollback(data="restore")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "corrupted" in outcome.message
+    assert "maintenance on" not in runner.phases
+
+
+def test_a_phase_that_ran_on_no_host_did_not_pass(make):
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.hosts = []
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED, outcome.message
+
+
+def test_unknown_inventory_variables_are_named_with_what_was_meant(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(failed={"localhost": "unknown"}, reports={
+        "localhost": {"unknown_variables": ["deployctl_migrate_comand"]}}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED
+    assert "deployctl_migrate_comand (did you mean deployctl_migrate_command?)" in outcome.message
 
 
 def test_unlock_never_breaks_a_live_holder_and_another_node_only_with_force(make):

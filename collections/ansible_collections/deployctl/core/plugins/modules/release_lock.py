@@ -60,6 +60,10 @@ def _read(path):
         return {"token": None, "holder": {"error": "unreadable lock file"}}
 
 
+def _who(holder):
+    return f"{holder.get('user')}@{holder.get('control_node')} ({holder.get('deployment_id')}, pid {holder.get('pid')})"
+
+
 def _content(token, holder):
     return json.dumps({"token": token, "holder": holder, "since": utc_stamp()})
 
@@ -119,12 +123,11 @@ def main():
             elif not module.check_mode:
                 current = _read(path)
         if current is not None and current.get("token") != token:
-            holder = json.dumps(current.get("holder"), sort_keys=True)
-            module.fail_json(msg=f"locked by {holder} since {current.get('since')}",
+            module.fail_json(msg=f"locked by {_who(current.get('holder') or {})} since {current.get('since')}",
                              holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
     elif state == "broken" and current is not None and module.params["only_holders"] and \
             holder_id not in module.params["only_holders"]:
-        module.fail_json(msg=f"the lock changed hands: it is now held by {json.dumps(current.get('holder'))}",
+        module.fail_json(msg=f"the lock changed hands: it is now held by {_who(current.get('holder') or {})}",
                          holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)
     elif current is not None and (state == "broken" or (state == "released" and current.get("token") == token)):
         changed = True

@@ -56,6 +56,13 @@ options:
     type: list
     elements: str
     default: []
+  artifact_digest:
+    description:
+      - The sha256 of the artifact O(version) is unpacked from. C(read), C(begun) and C(prepared) refuse a
+        live release or the rollback target unpacked from a different artifact (a released version must not
+        change); C(prepared) unpacks again a release that never went live.
+    type: str
+    default: ""
   link:
     description:
       - With C(false) the live version is kept in the record only, for strategies without release directories
@@ -237,6 +244,17 @@ def _read_lock(state_dir):
     return dict(lock.get("holder") or {}, since=lock.get("since"))
 
 
+def _unpacked_digest(record, version):
+    """The sha256 of the artifact releases/<version> was unpacked from ("" when not recorded), None when the
+    release is not complete on the host."""
+    try:
+        with open(os.path.join(record.releases_dir, version, COMPLETE_MARKER)) as handle:
+            lines = handle.read().split()
+    except OSError:
+        return None
+    return lines[1] if len(lines) > 1 else ""
+
+
 def _prune(record, keep):
     """Releases beyond the newest `keep` that went live; never the live one, the rollback target or the
     version live before an unfinished deployment. Releases never switched to (staged) stay; undone ones
@@ -284,6 +302,7 @@ def main():
             "keep": {"type": "int", "default": 5},
             "required_commands": {"type": "list", "elements": "str", "default": []},
             "check_writable": {"type": "list", "elements": "str", "default": []},
+            "artifact_digest": {"type": "str", "default": ""},
             "link": {"type": "bool", "default": True},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]),
@@ -306,6 +325,17 @@ def main():
         result["missing_commands"] = [c for c in params["required_commands"] if shutil.which(c) is None]
         result["not_writable"] = _not_writable(params["app_root"], params["check_writable"])
 
+    if state in ("read", "begun", "prepared") and params["version"] and params["artifact_digest"]:
+        unpacked = _unpacked_digest(record, params["version"])
+        if unpacked not in (None, "", params["artifact_digest"]):
+            if params["version"] in (record.live(), record.previous()):
+                module.fail_json(msg=f"release {params['version']} is {'live' if params['version'] == record.live() else 'the rollback target'} "
+                                     f"and was unpacked from a different artifact (sha256 {unpacked[:12]}..., now "
+                                     f"{params['artifact_digest'][:12]}...): a released version must not change, "
+                                     "release the new build under a new version", artifact_conflict=True,
+                                 **record.report())
+            result["stale_unpack"] = True
+
     if state == "begun":
         pending = record.pending
         if pending and pending.get("deployment_id") != deployment:
@@ -319,7 +349,7 @@ def main():
                                           "before": record.live(), "at": utc_stamp()}
                 record.save()
 
-    elif state == "prepared":
+    if state == "prepared":
         root = params["app_root"]
         wanted = [root, record.releases_dir, os.path.join(root, "shared")]
         wanted += [os.path.join(root, "shared", name) for name in params["shared"]]
@@ -329,9 +359,11 @@ def main():
                 if not check:
                     os.makedirs(directory, mode=0o755)
         release = os.path.join(record.releases_dir, params["version"])
-        result["complete"] = os.path.exists(os.path.join(release, COMPLETE_MARKER))
+        result["complete"] = os.path.exists(os.path.join(release, COMPLETE_MARKER)) and not result.get("stale_unpack")
         if os.path.isdir(release) and not result["complete"]:
-            changed = True  # left half unpacked by an interrupted deploy: start it again
+            # left half unpacked by an interrupted deploy, or unpacked from another build that never went
+            # live: start it again
+            changed = True
             if not check:
                 shutil.rmtree(release)
 
