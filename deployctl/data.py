@@ -8,6 +8,7 @@ state at dump time; every release, rollback and restore records the state it lef
 from __future__ import annotations
 
 from deployctl.history import Deployment
+from deployctl.phases import Phase
 
 
 def changed_tables(recorded: dict | None, live: dict | None) -> list[str]:
@@ -39,7 +40,7 @@ def migrated(deployment: Deployment) -> bool | None:
 
 def reopened(deployment: Deployment) -> bool:
     """Whether the deployment took maintenance down again (users could write after it)."""
-    return any(p["name"] == "maintenance off" and p["status"] == "passed" for p in deployment.phases)
+    return any(p["name"] == Phase.MAINTENANCE_OFF and p["status"] == "passed" for p in deployment.phases)
 
 
 def unexplained_changes(undone: list[Deployment], live: dict | None) -> tuple[list[str], str | None]:

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from deployctl.errors import BadInput
 from deployctl.history import Deployment, History
+from deployctl.phases import Phase
 
 TARGETS = {
     "deployment_time": ("Deployment time", 30 * 60, "s", "< 30 min"),
@@ -81,15 +82,15 @@ def deployment_time(deployment: Deployment) -> dict:
 
 def downtime(deployment: Deployment) -> dict:
     names = [p.get("name") for p in deployment.phases]
-    if "maintenance on" not in names:
+    if Phase.MAINTENANCE_ON not in names:
         return _metric("downtime", None, "no maintenance window in this deployment")
-    start = names.index("maintenance on")
+    start = names.index(Phase.MAINTENANCE_ON)
     ends = [i for i, p in enumerate(deployment.phases)
-            if i > start and p.get("name") == "maintenance off" and p.get("status") == "passed"]
+            if i > start and p.get("name") == Phase.MAINTENANCE_OFF and p.get("status") == "passed"]
     if not ends:
         return _metric("downtime", None, "maintenance mode was not turned off", missed=True)
     seconds = sum(p.get("seconds") or 0 for p in deployment.phases[start + 1:ends[-1] + 1])
-    return _metric("downtime", seconds, "end of maintenance on → end of maintenance off")
+    return _metric("downtime", seconds, f"end of {Phase.MAINTENANCE_ON} → end of {Phase.MAINTENANCE_OFF}")
 
 
 def _checks_of(checks: list[dict], kind: str, name_hint: str) -> list[dict]:
