@@ -216,13 +216,15 @@ class Pipeline:
         result = self._phase(run, Phase.VERIFY, {})
         invalid = next((msg for msg in result.report("invalid_checks").values() if msg), None)
         if invalid:
-            outcome = self._finish(run, ExitCode.BAD_INPUT, "invalid", f"deployctl_verify_checks: {invalid}")
+            code, verdict, message = ExitCode.BAD_INPUT, "invalid", f"deployctl_verify_checks: {invalid}"
         elif gate(result):
-            outcome = self._finish(run, ExitCode.OK, "healthy", "all checks passed")
+            code, verdict, message = ExitCode.OK, "healthy", "all checks passed"
         elif result.failed and not result.unreachable and result.stats is not None:
-            outcome = self._finish(run, ExitCode.CHECKS_FAILED, "checks-failed", result.problem())
+            code, verdict, message = ExitCode.CHECKS_FAILED, "checks-failed", result.problem()
         else:
-            outcome = self._finish(run, ExitCode.COULD_NOT_RUN, "could-not-run", result.problem())
+            code, verdict, message = ExitCode.COULD_NOT_RUN, "could-not-run", result.problem()
+        change = self._record_verification(run, code, verdict)
+        outcome = self._finish(run, code, verdict, message, event=change)
         # one structured result per check and host (roles/verify, deployctl.core.probe), for --json
         outcome.data["checks"] = [check for _, host_checks in sorted(result.report("checks").items())
                                   for check in host_checks]
@@ -879,14 +881,18 @@ class Pipeline:
     def _stop_unchanged(self, run: Run, message: str) -> Outcome:
         return self._finish(run, ExitCode.FAILED_UNCHANGED, "unchanged", f"{message}; nothing was changed")
 
-    def _finish(self, run: Run, code: ExitCode, outcome: str, message: str) -> Outcome:
+    def _finish(self, run: Run, code: ExitCode, outcome: str, message: str, event: str | None = None) -> Outcome:
+        """End the run: release its lock, announce how it ended (or `event`), write its outcome."""
         if run.locked:
             self._recovering = True
             self.runner.cancel.clear()
             if not self._release_lock(run, SETTLED.get(outcome, "abandoned")):
                 message += "; the lock could not be released (deployctl unlock)"
         run.details["message"] = message
-        self._announce(run, code, outcome, message)
+        if event is None and run.deployment.action in ANNOUNCED_ACTIONS:
+            event = finish_event(run.deployment.action, outcome)
+        if event:
+            self._notify(run, event, outcome, message)
         self._save(lambda: self.history.finish(run.deployment, outcome, int(code)))
         if self._history_error:
             run.details["history_error"] = self._history_error
@@ -906,23 +912,19 @@ class Pipeline:
         if records:
             run.details.setdefault("notifications", []).extend(records)
 
-    def _announce(self, run: Run, code: ExitCode, outcome: str, message: str) -> None:
-        """How a release or rollback ended; for `deployctl verify`, its record and health change alerts."""
-        action = run.deployment.action
-        if action in ANNOUNCED_ACTIONS:
-            self._notify(run, finish_event(action, outcome), outcome, message)
-        elif action == "verify":
-            healthy = code == ExitCode.OK
-            try:
-                previous = self.history.last_verification(self.env.name)
-                self.history.record_verification(run.deployment.id, self.env.name, healthy, int(code), run.checks,
-                                                 outcome, sum(p["seconds"] for p in run.deployment.phases))
-            except StateError as exc:
-                self._history_error = str(exc)
-                return
-            event = verification_event(previous["healthy"] if previous else None, healthy)
-            if event:
-                self._notify(run, event, outcome, message)
+    def _record_verification(self, run: Run, code: ExitCode, outcome: str) -> str | None:
+        """A `deployctl verify` run's row in the history; returns the health change to announce, if any.
+
+        Without a readable history no change can be told, so none is announced."""
+        healthy = code == ExitCode.OK
+        try:
+            previous = self.history.last_verification(self.env.name)
+            self.history.record_verification(run.deployment.id, self.env.name, healthy, int(code), run.checks,
+                                             outcome, sum(p["seconds"] for p in run.deployment.phases))
+        except StateError as exc:
+            self._history_error = str(exc)
+            return None
+        return verification_event(previous["healthy"] if previous else None, healthy)
 
     @contextmanager
     def _signals(self):
