@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from deployctl import processes
 from deployctl.errors import StateError
 
 SCHEMA = """
@@ -81,6 +82,12 @@ class Deployment:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @property
+    def abandoned(self) -> bool:
+        """Running in the history, but its deployctl process on this control node is gone (`deployctl
+        recover` finishes it)."""
+        return self.outcome == RUNNING and processes.alive(self.details.get("process")) is False
 
 
 class History:
@@ -187,6 +194,10 @@ class History:
         args.append(limit)
         with self._db() as db:
             return [self._deployment(db, row) for row in db.execute(query, args).fetchall()]
+
+    def unfinished(self, environment: str) -> list[Deployment]:
+        """The environment's deployments whose deployctl process on this control node is gone, newest first."""
+        return [d for d in self.recent(environment, limit=50, outcome=RUNNING) if d.abandoned]
 
     def _deployment(self, db: sqlite3.Connection, row: sqlite3.Row) -> Deployment:
         values = dict(row)

@@ -242,8 +242,7 @@ class Pipeline:
 
     def unfinished(self) -> list[Deployment]:
         """Deployments of this environment whose deployctl process on this control node is gone."""
-        return [d for d in self.history.recent(self.env.name, limit=50, outcome=RUNNING)
-                if processes.alive(d.details.get("process")) is False]
+        return self.history.unfinished(self.env.name)
 
     # ---------------------------------------------------------------- command bodies
 
@@ -777,7 +776,7 @@ class Pipeline:
                           ("" if released else f"; this run's lock stays on {', '.join(mine)} (deployctl unlock)"))
         holder = next(iter(holders.values()))
         dead = self._deployment_or_none(str(holder.get("deployment_id")))
-        if dead is not None and dead.outcome == RUNNING and processes.alive(dead.details.get("process")) is False:
+        if dead is not None and dead.abandoned:
             raise _unfinished_error(dead)
         raise Refused(ExitCode.LOCKED, "locked",
                       f"the environment is locked by {_holder(holder)}; if that deployment is dead, run "
