@@ -9,14 +9,12 @@ from pathlib import Path
 
 import click
 
-from deployctl import __version__, processes
+from deployctl import __version__, reading
 from deployctl import project as projects
-from deployctl import report as reports
 from deployctl import schedule as scheduling
 from deployctl.console import Output, detach_dead_streams, table
-from deployctl.errors import BadInput, DeployctlError, ExitCode, StateError
-from deployctl.history import History
-from deployctl.pipeline import Outcome, Pipeline, gate
+from deployctl.errors import BadInput, DeployctlError, ExitCode
+from deployctl.pipeline import Outcome, Pipeline
 from deployctl.runner import strip_unsafe_environment
 
 EXIT_CODES_HELP = """
@@ -49,6 +47,14 @@ class Context:
 def _finish(ctx: Context, outcome: Outcome) -> None:
     ctx.output.result(outcome.as_dict(), text=f"{outcome.outcome}: {outcome.message}")
     sys.exit(int(outcome.exit_code))
+
+
+def _show(ctx: Context, view: reading.View) -> None:
+    if view.error is not None:
+        ctx.output.error(view.error)
+    else:
+        ctx.output.result(view.data, view.table, view.text)
+    sys.exit(int(view.exit_code))
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -134,8 +140,8 @@ def verify(ctx: Context, textfile):
     started, clock = time.time(), time.monotonic()
     outcome = pipeline.verify()
     if textfile is not None:
-        scheduling.export_metrics(textfile, pipeline.history, outcome, pipeline.env.name, started,
-                                  time.monotonic() - clock, ctx.output.progress)
+        reading.export_metrics(textfile, pipeline.history, outcome, pipeline.env.name, started,
+                               time.monotonic() - clock, ctx.output.progress)
     _finish(ctx, outcome)
 
 
@@ -160,14 +166,7 @@ def backup(ctx: Context):
 @click.pass_obj
 def backups(ctx: Context):
     """List the backup sets."""
-    result, sets = ctx.pipeline().backups()
-    if not gate(result):
-        ctx.output.error(f"could not list the backup sets: {result.problem()}")
-        sys.exit(int(ExitCode.COULD_NOT_RUN))
-    rows = [[s.get("set_id"), s.get("created_at"), s.get("purpose") or "", s.get("live_version"), s.get("size_bytes"),
-             f"BROKEN: {s['broken']}" if s.get("broken") else ("yes" if s.get("verified") else "NO")] for s in sets]
-    ctx.output.result({"sets": sets}, table("Backup sets", ["id", "taken", "purpose", "live version", "bytes",
-                                                            "verified"], rows))
+    _show(ctx, reading.backups(ctx.pipeline()))
 
 
 @cli.command()
@@ -198,36 +197,7 @@ def unlock(ctx: Context, force):
 @click.pass_obj
 def status(ctx: Context):
     """What is live on each host, the maintenance flag, the lock holder, unfinished and last deployments."""
-    pipeline = ctx.pipeline()
-    result, hosts = pipeline.state()
-    data = {"environment": pipeline.env.name, "hosts": hosts, "unreachable": result.unreachable}
-    rows = [[h, s.get("live") or "-", s.get("reported_version") or "-", s.get("previous") or "-",
-             "on" if s.get("maintenance") else "off", (s.get("lock") or {}).get("deployment_id", ""),
-             (s.get("pending") or {}).get("deployment_id", "")] for h, s in sorted(hosts.items())]
-    rows += [[h, "UNREACHABLE", "", "", "", "", ""] for h in sorted(result.unreachable)]
-    headers = ["host", "live", "app says", "previous", "maintenance", "locked by", "unfinished"]
-    if any("containers" in s for s in hosts.values()):  # compose strategy: what each container runs, its health
-        headers.append("containers")
-        for row in rows:
-            row.append(", ".join(f"{c.get('service')} {c.get('tag')} {c.get('health') or c.get('state')}"
-                                 for c in hosts.get(row[0], {}).get("containers", [])))
-    try:
-        last = pipeline.history.recent(pipeline.env.name, limit=1)
-        unfinished = pipeline.unfinished()
-        data["last_verification"] = pipeline.history.last_verification(pipeline.env.name)
-        summary = (f"last: {last[0].id} {last[0].action} {last[0].version or ''} → {last[0].outcome}"
-                   if last else "no deployments yet")
-        summary += "\n" + scheduling.verification_line(data["last_verification"])
-    except StateError as exc:
-        last, unfinished, summary = [], [], f"history: {exc}"
-        data["history_error"] = str(exc)
-    data["last_deployment"] = last[0].as_dict() if last else None
-    data["unfinished"] = [d.as_dict() for d in unfinished]
-    for dead in unfinished:
-        summary += (f"\nUNFINISHED: {dead.id} {dead.action} {dead.version or ''} (started {dead.started_at} by "
-                    f"{dead.user}): its deployctl is gone; run `deployctl recover`")
-    ctx.output.result(data, table(f"{pipeline.env.name}", headers, rows), summary)
-    sys.exit(int(ExitCode.OK if gate(result) else ExitCode.COULD_NOT_RUN))
+    _show(ctx, reading.status(ctx.pipeline()))
 
 
 @cli.command()
@@ -236,16 +206,7 @@ def status(ctx: Context):
 def history(ctx: Context, limit):
     """Past deployments of the environment, newest first."""
     project = projects.load(ctx.project_dir)
-    env = project.environment(ctx.env_name)
-    deployments = History(project.state_dir / "history.db").recent(env.name, limit=limit)
-    for deployment in deployments:  # running, but its deployctl is gone: `deployctl recover` finishes it
-        if deployment.outcome == "running" and processes.alive(deployment.details.get("process")) is False:
-            deployment.outcome = "unfinished"
-    rows = [[d.id, d.action, d.version or "", d.user, d.started_at, d.outcome, d.details.get("message", "")]
-            for d in deployments]
-    ctx.output.result([d.as_dict() for d in deployments],
-                      table(f"History of {env.name}", ["id", "action", "version", "user", "started", "outcome",
-                                                       "message"], rows))
+    _show(ctx, reading.history(project, project.environment(ctx.env_name).name, limit))
 
 
 @cli.command()
@@ -256,8 +217,7 @@ def history(ctx: Context, limit):
 def report(ctx: Context, deployment_id, fmt):
     """DEPLOYMENT_ID against the checklist's targets: time, downtime, error rate, response time."""
     project = projects.load(ctx.project_dir)
-    history_db = History(project.state_dir / "history.db")
-    text = reports.render(history_db, deployment_id, fmt or ("json" if ctx.output.as_json else "markdown"))
+    text = reading.report(project, deployment_id, fmt or ("json" if ctx.output.as_json else "markdown"))
     click.echo(text.rstrip("\n"))
 
 

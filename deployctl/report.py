@@ -7,16 +7,15 @@
 | Error rate after deploy | < 1 %    | the verify phase's `error_rate` checks (worst host)                 |
 | Response time (p95)     | < 500 ms | the verify phase's `latency` checks, p95_ms (worst host)            |
 
-A metric without data (no maintenance window, no such check) is `unknown`, never guessed.
+A metric without data (no maintenance window, no such check) is `unknown`, never guessed. This module
+only builds and renders; deployctl.reading reads the deployment from the history.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
-from deployctl.errors import BadInput
-from deployctl.history import Deployment, History
+from deployctl.history import Deployment
 from deployctl.phases import Phase
 
 TARGETS = {
@@ -206,13 +205,3 @@ def markdown(report: dict) -> str:
                   f"{'yes' if n.get('delivered') else 'NO'} | {_cell(n.get('error'))} |"
                   for n in report["notifications"]]
     return "\n".join(lines) + "\n"
-
-
-def render(history: History, deployment_id: str, fmt: str = "markdown") -> str:
-    deployment = history.get(deployment_id)
-    if deployment is None:
-        raise BadInput(f"unknown deployment {deployment_id!r} (see deployctl history)")
-    report = build(deployment, history.verification_of(deployment_id))
-    if fmt == "json":
-        return json.dumps(report, indent=2, default=str)
-    return markdown(report)

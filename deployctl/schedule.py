@@ -1,4 +1,4 @@
-"""Scheduled verification: a systemd timer or a cron entry on the control node, and Prometheus metrics.
+"""Scheduled verification: a systemd timer or a cron entry on the control node, installed, removed, listed.
 
 `deployctl schedule install --every 15m` installs a job running
 
@@ -13,6 +13,7 @@ DEPLOYCTL_SYSTEMD_DIR and DEPLOYCTL_CRON_DIR move the files; `systemctl` is only
 systemd directory.
 
 Every file carries a `# deployctl-schedule: {json}` line, which `schedule list` and `schedule remove` read.
+What verify writes for Prometheus (--prometheus-textfile) is in deployctl.reading.
 """
 
 from __future__ import annotations
@@ -25,14 +26,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
-
 from deployctl.errors import BadInput, DeployctlError
-from deployctl.report import flatten_checks
+from deployctl.files import write_atomically
 
 SYSTEMD_DIR = Path("/etc/systemd/system")
 CRON_DIR = Path("/etc/cron.d")
@@ -231,7 +229,7 @@ def _use_crontab() -> bool:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_textfile(path, text)
+    write_atomically(path, text)
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -412,88 +410,3 @@ def list_jobs() -> list[dict]:
             jobs.append({"name": match.group(1), "scheduler": "crontab", **_meta(body), "command": command,
                          "files": ["crontab"]})
     return jobs
-
-
-# ---------------------------------------------------------------- Prometheus textfile collector
-
-
-def _label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def render_metrics(environment: str, healthy: bool, exit_code: int, started: float, seconds: float,
-                   checks: dict | list | None) -> str:
-    """The textfile-collector metrics of one verify run; `checks` as {host: [result]} or a flat list."""
-    env = f'environment="{_label(environment)}"'
-    lines = [
-        "# HELP deployctl_verify_healthy 1 when the last deployctl verify passed every check, else 0.",
-        "# TYPE deployctl_verify_healthy gauge",
-        f"deployctl_verify_healthy{{{env}}} {1 if healthy else 0}",
-        "# HELP deployctl_verify_exit_code Exit code of the last deployctl verify (0, 7 or 8).",
-        "# TYPE deployctl_verify_exit_code gauge",
-        f"deployctl_verify_exit_code{{{env}}} {int(exit_code)}",
-        "# HELP deployctl_verify_last_run_timestamp_seconds When the last deployctl verify ran (Unix time).",
-        "# TYPE deployctl_verify_last_run_timestamp_seconds gauge",
-        f"deployctl_verify_last_run_timestamp_seconds{{{env}}} {started:.3f}",
-        "# HELP deployctl_verify_duration_seconds How long the last deployctl verify took.",
-        "# TYPE deployctl_verify_duration_seconds gauge",
-        f"deployctl_verify_duration_seconds{{{env}}} {seconds:.3f}",
-    ]
-    results = flatten_checks(checks)
-    if results:
-        lines += ["# HELP deployctl_check_ok 1 when the check passed on the host at the last verify, else 0.",
-                  "# TYPE deployctl_check_ok gauge"]
-        seen = set()
-        for item in results:
-            key = (item.get("host") or "", item.get("check") or item.get("name") or "unnamed")
-            if key in seen:
-                continue
-            seen.add(key)
-            ok = 1 if str(item.get("status", "")).lower() in ("pass", "passed", "ok") else 0
-            lines.append(f'deployctl_check_ok{{{env},host="{_label(key[0])}",check="{_label(key[1])}"}} {ok}')
-    return "\n".join(lines) + "\n"
-
-
-def write_textfile(path: Path, text: str) -> None:
-    """Atomically: node_exporter never reads half a file (the temporary name does not end in .prom)."""
-    path = path.expanduser()
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def export_metrics(path: Path, history, outcome, environment: str, started: float, seconds: float,
-                   progress=None) -> bool:
-    """Write a verify run's metrics; a write failure is reported, never changes the verify's exit code."""
-    checks = outcome.data.get("checks")
-    if not checks and outcome.deployment is not None:
-        checks = (history.verification_of(outcome.deployment.id) or {}).get("checks")
-    text = render_metrics(environment, int(outcome.exit_code) == 0, int(outcome.exit_code), started, seconds,
-                          checks)
-    try:
-        write_textfile(path, text)
-        return True
-    except OSError as exc:
-        if progress:
-            progress(f"[red]could not write the metrics to {path}: {exc.strerror or exc}[/red]")
-        return False
-
-
-def verification_line(verification: dict | None) -> str:
-    """One line for `deployctl status`."""
-    if not verification:
-        return "last verification: none yet (deployctl verify, deployctl schedule install)"
-    state = "healthy" if verification["healthy"] else \
-        f"FAILING ({verification.get('outcome') or 'failed'}, exit {verification['exit_code']})"
-    failed = sorted({f"{c.get('check')}@{c.get('host')}" for c in flatten_checks(verification.get("checks"))
-                     if str(c.get("status", "")).lower() not in ("pass", "passed", "ok")})
-    return (f"last verification: {verification['at']} {state} ({verification['deployment_id']})"
-            + (f": {escape(', '.join(failed))}" if failed and not verification["healthy"] else ""))

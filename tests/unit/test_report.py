@@ -12,9 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from deployctl import report  # noqa: E402
+from deployctl import reading, report  # noqa: E402
 from deployctl.errors import BadInput  # noqa: E402
 from deployctl.history import History  # noqa: E402
+from deployctl.project import Project  # noqa: E402
 
 RELEASE_PHASES = [("lock", 1.0), ("preflight", 4.0), ("backup", 20.0), ("maintenance on", 2.0),
                   ("deploy", 60.0), ("migrate", 30.0), ("verify", 25.0), ("maintenance off", 3.0),
@@ -57,6 +58,11 @@ def db(tmp_path):
     return tmp_path / ".deployctl" / "history.db"
 
 
+def project(db: Path) -> Project:
+    """The project whose history `db` is (its state directory's history.db)."""
+    return Project(root=db.parent.parent, app="demo", environments={})
+
+
 def metrics(built: dict) -> dict:
     return {m["key"]: m for m in built["metrics"]}
 
@@ -80,7 +86,7 @@ def test_release_that_met_every_target(db):
     assert built["backup_set"] == "20250101T120004-v1"
     assert [p["name"] for p in built["phases"]] == [name for name, _ in RELEASE_PHASES]
 
-    text = report.render(history, "DEP-20250101-120000")
+    text = reading.report(project(db), "DEP-20250101-120000")
     assert "| Deployment time | < 30 min | 12 min 30 s | met |" in text
     assert "| Downtime | < 5 min | 1 min 58 s | met |" in text
     assert "| Error rate after deploy | < 1 % | 0.70 % | met |" in text
@@ -88,7 +94,7 @@ def test_release_that_met_every_target(db):
     assert "| 5 | deploy | passed | 60.0 s |" in text
     assert "| web1 | v1 | v2 |" in text
     assert "20250101T120004-v1" in text
-    as_json = json.loads(report.render(history, "DEP-20250101-120000", "json"))
+    as_json = json.loads(reading.report(project(db), "DEP-20250101-120000", "json"))
     assert as_json["outcome"] == "live" and len(as_json["metrics"]) == 4
 
 
@@ -149,7 +155,7 @@ def test_checks_as_a_flat_list():
 def test_unknown_deployment(db, tmp_path):
     History(db)
     with pytest.raises(BadInput, match="unknown deployment 'DEP-nope'"):
-        report.render(History(db), "DEP-nope")
+        reading.report(project(db), "DEP-nope")
     (tmp_path / "inventory").mkdir()
     (tmp_path / "deployctl.yml").write_text("environments:\n  local: {inventory: inventory}\n")
     command = [sys.executable, "-m", "deployctl", "--project-dir", str(tmp_path), "report", "DEP-nope"]

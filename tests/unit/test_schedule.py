@@ -1,4 +1,4 @@
-"""Scheduled verification: intervals, systemd units, cron lines, install/list/remove in tmp dirs, metrics."""
+"""Scheduled verification: intervals, systemd units, cron lines, install/list/remove in tmp dirs."""
 
 import os
 import shlex
@@ -186,37 +186,6 @@ def test_executable(monkeypatch, tmp_path):
     assert schedule.executable() == [str(program.resolve())]
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert schedule.executable() == [sys.executable, "-m", "deployctl"]
-
-
-def test_metrics(tmp_path):
-    checks = {"web1": [{"host": "web1", "check": "health", "status": "pass"},
-                       {"host": "web1", "check": 'odd "name"', "status": "fail"}]}
-    text = schedule.render_metrics("prod", False, 7, 1700000000.5, 3.25, checks)
-    assert 'deployctl_verify_healthy{environment="prod"} 0\n' in text
-    assert 'deployctl_verify_last_run_timestamp_seconds{environment="prod"} 1700000000.500\n' in text
-    assert 'deployctl_verify_duration_seconds{environment="prod"} 3.250\n' in text
-    assert 'deployctl_check_ok{environment="prod",host="web1",check="health"} 1\n' in text
-    assert 'deployctl_check_ok{environment="prod",host="web1",check="odd \\"name\\""} 0\n' in text
-    # a flat list (the shape of `verify --json`) gives the same lines
-    flat = schedule.render_metrics("prod", False, 7, 1700000000.5, 3.25, checks["web1"])
-    assert flat == text
-    healthy = schedule.render_metrics("prod", True, 0, 1.0, 1.0, None)
-    assert 'deployctl_verify_healthy{environment="prod"} 1' in healthy and "deployctl_check_ok" not in healthy
-
-    target = tmp_path / "deployctl.prom"
-    schedule.write_textfile(target, text)
-    assert target.read_text() == text
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["deployctl.prom"]
-
-
-def test_status_line():
-    assert "none yet" in schedule.verification_line(None)
-    checks = {"web1": [{"host": "web1", "check": "health", "status": "fail"}]}
-    line = schedule.verification_line({"healthy": False, "outcome": "checks-failed", "exit_code": 7,
-                                       "at": "2025-01-01T00:00:00+00:00", "deployment_id": "DEP-1",
-                                       "checks": checks})
-    assert "FAILING" in line and "exit 7" in line and "health@web1" in line and "\n" not in line
 
 
 def test_non_root_users_get_their_crontab(tmp_path, monkeypatch):
