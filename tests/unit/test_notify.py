@@ -20,7 +20,9 @@ from deployctl.console import Output  # noqa: E402
 from deployctl.errors import BadInput  # noqa: E402
 from deployctl.pipeline import Pipeline  # noqa: E402
 from deployctl.project import Environment, Project  # noqa: E402
-from deployctl.runner import PhaseResult  # noqa: E402
+from tests.support.stub_runner import Answer, StubRunner  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 TOKEN = "123456789:AAH-very-secret-token_xyz"
 
@@ -296,35 +298,23 @@ def test_token_file_is_read(receiver, tmp_path):
 # ---------------------------------------------------------------- the pipeline's hooks
 
 
-class StubRunner:
-    """Stands in for ansible-runner: every phase passes unless `fail` names it."""
-
-    def __init__(self, tmp_path, fail=()):
-        self.fail = set(fail)
-        self.cancel = threading.Event()
-        self.runs_dir = tmp_path / "runs"
-        self.phases = []
-
-    def run(self, deployment_id, seq, phase, playbook, extravars, limit=None):
-        self.phases.append(phase)
-        failed = phase in self.fail
-        stats = {k: {} for k in ("ok", "changed", "failures", "dark", "skipped", "ignored", "rescued")}
-        stats["processed"] = {"localhost": 1}
-        if failed:
-            stats["failures"] = {"localhost": 1}
-        reports = {"localhost": {"state": {"live": "v1"}, "lock": None, "schema": {},
-                                 "checks": [{"host": "localhost", "check": "health", "type": "http",
-                                             "status": "fail" if failed else "pass", "value": None,
-                                             "threshold": None, "message": "x"}]}}
-        return PhaseResult(phase, "failed" if failed else "successful", 2 if failed else 0, stats,
-                           {"localhost": "check failed"} if failed else {}, {}, reports, 0.01)
+def checks(status):
+    return [{"host": "localhost", "check": "health", "type": "http", "status": status, "value": None,
+             "threshold": None, "message": "x"}]
 
 
 def pipeline(tmp_path, entries, fail=()):
+    """A pipeline whose phases all pass (verify with its checks) unless `fail` names them."""
+    runner = StubRunner()
+    runner.answer("preflight", Answer(reports={"localhost": {"state": {"live": "v1"}}}))
+    for phase in fail:
+        runner.answer(phase, Answer(failed={"localhost": "check failed"},
+                                    reports={"localhost": {"checks": checks("fail")}}))
+    if "verify" not in fail:
+        runner.answer("verify", Answer(reports={"localhost": {"checks": checks("pass")}}))
     project = Project(root=tmp_path, app="demo", environments={})
     env = Environment(name="local", inventory=tmp_path, backup=False, notify=channels(entries, tmp_path))
-    made = Pipeline(project, env, Output(quiet=True))
-    made.runner = StubRunner(tmp_path, fail)
+    made = Pipeline(project, env, Output(quiet=True), runner=runner)
     made.notifier.sleep = lambda s: None
     return made
 
