@@ -1,5 +1,9 @@
+import pytest
+
 from deployctl.pipeline import Run, gate
 from deployctl.runner import PhaseResult
+
+pytestmark = pytest.mark.unit
 
 
 def stats(**overrides):

@@ -3,6 +3,8 @@ import pytest
 from deployctl import project
 from deployctl.errors import BadInput
 
+pytestmark = pytest.mark.unit
+
 
 def write(tmp_path, text, inventory=True):
     (tmp_path / "deployctl.yml").write_text(text)
