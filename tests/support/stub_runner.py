@@ -25,6 +25,7 @@ class Answer:
     unreachable: dict[str, str] = field(default_factory=dict)
     status: str = "successful"
     changed: list[str] = field(default_factory=list)
+    hosts: list[str] | None = None  # the hosts the phase ran on (default: all of the runner's)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class StubRunner:
     def _result(self, name: str, answer: Answer) -> PhaseResult:
         if answer.status in ("timeout", "canceled"):
             return PhaseResult(name, answer.status, 254, None, {}, {}, {}, 0.1)
-        hosts = self.hosts
+        hosts = self.hosts if answer.hosts is None else answer.hosts
         stats = {
             "ok": {h: 1 for h in hosts}, "changed": {h: 1 for h in answer.changed},
             "failures": {h: 1 for h in answer.failed}, "dark": {h: 1 for h in answer.unreachable},

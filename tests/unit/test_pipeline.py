@@ -22,6 +22,7 @@ RELEASE = ["lock", "preflight", "backup", "maintenance on", "deploy", "migrate",
            "maintenance off", "unlock"]
 DATA_A = {"tables": {"items": {"rows": 2, "digest": "a"}}, "objects": {}}
 DATA_B = {"tables": {"items": {"rows": 3, "digest": "b"}}, "objects": {}}
+DEAD_PROCESS = {"control_node": socket.gethostname(), "pid": 999999999, "start_ticks": 1, "run_id": "x"}
 
 
 def host_state(live, previous=None, entries=(), maintenance=False, pending=None, releases=None):
@@ -379,3 +380,327 @@ def test_history_ids_are_unique_within_a_second(tmp_path):
     history = History(tmp_path / "h.db")
     ids = {history.start("local", "verify", None).id for _ in range(20)}
     assert len(ids) == 20
+
+
+# ---------------------------------------------------------------- a release's recovery decisions (_recover)
+
+
+def test_a_failed_backup_stops_the_release_before_anything_changes(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v1")}))
+    runner.answer("backup", Answer(failed={"localhost": "disk full"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "backup failed" in outcome.message
+    assert runner.phases == ["lock", "preflight", "backup", "unlock"]
+
+
+def test_interrupted_before_anything_changed_exits_130_with_nothing_to_put_back(make):
+    pipeline, runner = make()
+
+    def interrupted(_):
+        runner.cancel.set()
+        return Answer(status="canceled")
+
+    runner.answer("preflight", interrupted)
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.INTERRUPTED and "nothing was changed" in outcome.message
+    assert runner.phases == ["lock", "preflight", "unlock"]
+
+
+def test_a_failed_rollback_needs_a_human_and_leaves_maintenance_on(make):
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.answer("verify", Answer(failed={"localhost": "503"}))
+    runner.answer("rollback", Answer(failed={"localhost": "release dir gone"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "the rollback failed too" in outcome.message
+    assert runner.phases[-3:] == ["stop commands", "rollback", "unlock"]
+
+
+def test_a_rollback_that_does_not_verify_needs_a_human(make):
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.answer("verify", Answer(failed={"localhost": "503"}), Answer(failed={"localhost": "still 503"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "maintenance mode stays on" in outcome.message
+    assert "maintenance off" not in runner.phases
+
+
+def test_an_unreachable_host_is_left_out_and_named_while_the_others_are_rolled_back(make):
+    pipeline, runner = make()
+    runner.hosts = ["web1", "web2"]
+    runner.answer("preflight", Answer(reports={"web1": host_state("v1"), "web2": host_state("v1")}))
+    runner.answer("deploy", Answer(unreachable={"web2": "no route"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN
+    assert "rolled back the reachable hosts" in outcome.message and "needs attention: web2" in outcome.message
+    rollback = next(call for call in runner.calls if call.phase == "rollback")
+    assert rollback.variables["deployctl_rollback_targets"] == {"web1": "v1"} and rollback.limit == "all:!web2"
+    assert rollback.variables["deployctl_restore_set_id"] == ""
+    assert pipeline.history.get(outcome.deployment.id).details["needs_attention"] == ["web2"]
+
+
+def test_maintenance_that_cannot_be_turned_off_after_a_release_needs_a_human(make):
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.answer("maintenance off", Answer(failed={"localhost": "flag file"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "v2 is live but maintenance" in outcome.message
+    assert "rollback" not in runner.phases
+
+
+def test_no_rollback_before_anything_changed_is_a_plain_refusal(make):
+    pipeline, runner = make(no_rollback=True)
+    runner.answer("preflight", Answer(failed={"localhost": "artifact missing"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "nothing was changed" in outcome.message
+
+
+def test_a_deploy_that_ran_on_no_host_fails_and_puts_back_nothing(make):
+    """A group missing from the inventory: the phase "succeeds" on no host, which the gate fails."""
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.answer("deploy", Answer(hosts=[]))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.ROLLED_BACK
+    assert "deploy failed: no host of the inventory is in the group" in outcome.message
+    assert "rollback" not in runner.phases, "no host was deployed to: no code to put back"
+    assert runner.phases[-4:] == ["verify", "data state", "maintenance off", "unlock"]
+
+
+def test_a_lock_phase_that_ran_on_no_host_takes_no_lock(make):
+    pipeline, runner = make()
+    runner.hosts = []
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "could not take the lock" in outcome.message
+    assert runner.phases == ["lock"]
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def held(holder, host="localhost"):
+    return Answer(failed={host: "held"}, reports={host: {"held_by_other": True, "lock": holder}})
+
+
+def test_a_stale_lock_of_a_finished_deployment_here_is_cleared_with_its_token_then_taken(make):
+    pipeline, runner = make()
+    earlier = pipeline.history.start("local", "release", "v1", {"lock_token": "T-EARLIER"})
+    pipeline.history.finish(earlier, "live", 0)
+    runner.answer("lock", held({"deployment_id": earlier.id, "control_node": socket.gethostname(), "pid": 1}))
+    release_answers(runner)
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert runner.phases[:4] == ["lock", "clear stale lock", "lock", "preflight"]
+    clear = runner.calls[1]
+    assert clear.variables["deployctl_lock_token"] == "T-EARLIER" and clear.limit == "localhost"
+    assert clear.variables["deployctl_settle"] == [{"deployment_id": earlier.id, "outcome": "abandoned"}]
+
+
+def test_a_lock_held_from_another_control_node_is_never_cleared(make):
+    pipeline, runner = make()
+    runner.answer("lock", held({"deployment_id": "DEP-X", "control_node": "elsewhere", "user": "ada",
+                                "since": "t"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.LOCKED and "ada@elsewhere" in outcome.message
+    assert runner.phases == ["lock"]
+
+
+def test_a_lock_taken_on_some_hosts_only_is_released_there(make):
+    pipeline, runner = make()
+    runner.hosts = ["web1", "web2"]
+    runner.answer("lock", Answer(failed={"web2": "held"}, reports={
+        "web1": {"held_by_other": False, "lock": {"deployment_id": "mine"}},
+        "web2": {"held_by_other": True, "lock": {"deployment_id": "DEP-X", "control_node": "elsewhere"}}}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.LOCKED
+    assert runner.phases == ["lock", "unlock"] and runner.calls[1].limit == "web1"
+
+
+def test_a_lock_held_by_a_deployment_that_died_meanwhile_says_to_recover(make):
+    """It was running when the release started, and its deployctl died before the release took the lock."""
+    pipeline, runner = make()
+
+    def died(_):
+        dead = pipeline.history.start("local", "release", "v2", {"process": DEAD_PROCESS})
+        return held({"deployment_id": dead.id, **DEAD_PROCESS})
+
+    runner.answer("lock", died)
+    with pytest.raises(DeployctlError) as refused:
+        pipeline.release("v3")
+    assert refused.value.exit_code == ExitCode.LOCKED and "deployctl recover" in str(refused.value)
+    assert runner.phases == ["lock"]
+
+
+# ---------------------------------------------------------------- backup and restore
+
+
+def test_backup_takes_the_lock_records_what_is_live_and_takes_a_manual_set(make):
+    pipeline, runner = make()
+    runner.answer("state", Answer(reports={"localhost": host_state("v2")}))
+    runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "S7", "data": DATA_A}}}))
+    outcome = pipeline.backup()
+    assert outcome.exit_code == ExitCode.OK and outcome.message == "backup set S7 taken and verified"
+    assert runner.phases == ["lock", "state", "backup", "unlock"]
+    assert runner.variables("backup")["deployctl_backup_purpose"] == "manual"
+    assert runner.variables("backup")["deployctl_live_version"] == "v2"
+
+
+def test_a_failed_backup_command_changes_nothing(make):
+    pipeline, runner = make()
+    runner.answer("backup", Answer(failed={"localhost": "dump failed"}))
+    outcome = pipeline.backup()
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "backup failed" in outcome.message
+
+
+def test_restore_stops_commands_takes_a_safety_set_then_restores_under_maintenance(make):
+    pipeline, runner = make()
+    runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "SAFE"}}}))
+    outcome = pipeline.restore("S1")
+    assert outcome.exit_code == ExitCode.OK and outcome.outcome == "restored"
+    assert "safety set taken first: SAFE" in outcome.message
+    assert runner.phases == ["lock", "preflight", "stop commands", "backup", "maintenance on", "restore", "verify",
+                             "data state", "maintenance off", "unlock"]
+    assert runner.variables("preflight")["deployctl_restore_set_id"] == "S1"
+    assert runner.variables("restore")["deployctl_restore_set_id"] == "S1"
+    assert runner.variables("backup")["deployctl_backup_purpose"] == "safety"
+
+
+def test_a_failed_safety_set_means_no_restore(make):
+    pipeline, runner = make()
+    runner.answer("backup", Answer(failed={"localhost": "disk full"}))
+    outcome = pipeline.restore("S1")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "safety backup failed" in outcome.message
+    assert "maintenance on" not in runner.phases
+
+
+def test_a_failed_restore_names_the_safety_set_and_keeps_maintenance_on(make):
+    pipeline, runner = make()
+    runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "SAFE"}}}))
+    runner.answer("restore", Answer(failed={"localhost": "checksum mismatch"}))
+    outcome = pipeline.restore("S1")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "the safety set is SAFE" in outcome.message
+    assert runner.phases[-2:] == ["restore", "unlock"]
+
+
+def test_an_interrupted_restore_stops_what_it_started_and_leaves_the_rest_to_a_human(make):
+    pipeline, runner = make()
+
+    def interrupted(_):
+        runner.cancel.set()
+        return Answer(status="canceled")
+
+    runner.answer("restore", interrupted)
+    outcome = pipeline.restore("S1")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "`deployctl restore` again" in outcome.message
+    assert runner.phases[-3:] == ["restore", "stop commands", "unlock"]
+
+
+# ---------------------------------------------------------------- recover
+
+
+def dead_release(pipeline, schema=("0001", "0002"), **details):
+    return pipeline.history.start("local", "release", "v2", {
+        "process": DEAD_PROCESS, "before": {"localhost": "v1"}, "backup_set": "S1", "migrate_started": True,
+        "schema": {"localhost": {"before": schema[0], "after": schema[1]}}, "data_after": DATA_B, **details})
+
+
+def left_by(runner, ident, maintenance=True, lock=None):
+    state = Answer(reports={"localhost": host_state(
+        "v2", "v1", maintenance=maintenance, pending={"deployment_id": ident, "action": "release", "before": "v1"})})
+    state.reports["localhost"]["state"]["lock"] = lock
+    runner.answer("state", state, state)
+
+
+def test_recover_resolve_accepts_the_hosts_and_settles_the_deployment_live(make):
+    pipeline, runner = make()
+    dead = dead_release(pipeline)
+    left_by(runner, dead.id)
+    outcome = pipeline.recover(resolve=True)
+    assert outcome.exit_code == ExitCode.OK and outcome.outcome == "resolved"
+    assert "maintenance mode is still on on localhost" in outcome.message
+    assert runner.phases == ["state", "state", "lock", "stop commands", "unlock"]
+    assert {"deployment_id": dead.id, "outcome": "live"} in runner.variables("unlock")["deployctl_settle"]
+    assert pipeline.history.get(dead.id).outcome == "resolved"
+
+
+def test_recover_keeps_the_data_of_a_release_that_did_not_change_the_schema(make):
+    pipeline, runner = make()
+    dead = dead_release(pipeline, schema=("0002", "0002"))
+    left_by(runner, dead.id)
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.OK and "did not change the schema" in outcome.message
+    assert runner.variables("rollback")["deployctl_restore_set_id"] == ""
+
+
+@pytest.mark.parametrize("data, restored", [("keep", ""), ("restore", "S1")])
+def test_recover_does_what_it_is_told_with_the_data(make, data, restored):
+    pipeline, runner = make()
+    dead = dead_release(pipeline)
+    left_by(runner, dead.id, maintenance=False)
+    outcome = pipeline.recover(data=data)
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert "data check" not in runner.phases
+    assert runner.variables("rollback")["deployctl_restore_set_id"] == restored
+
+
+def test_recover_refuses_to_restore_over_writes_made_since(make):
+    pipeline, runner = make()
+    dead = dead_release(pipeline)
+    left_by(runner, dead.id, maintenance=False)
+    runner.answer("data check", Answer(reports={"localhost": {"data": {"tables": {"items": {"rows": 9}}}}}))
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "could lose data written since" in outcome.message
+    assert "maintenance on" not in runner.phases and "rollback" not in runner.phases
+
+
+def test_recover_with_force_takes_over_a_deployment_of_another_control_node(make):
+    pipeline, runner = make()
+    holder = {"deployment_id": "DEP-ELSEWHERE", "control_node": "elsewhere", "pid": 1, "user": "ada"}
+    left_by(runner, "DEP-ELSEWHERE", lock=holder)
+    sets_on_the_db_host(runner)
+    outcome = pipeline.recover(force=True)
+    assert outcome.exit_code == ExitCode.OK and outcome.outcome == "rolled-back", outcome.message
+    assert runner.variables("lock")["deployctl_lock_adopt"] == "DEP-ELSEWHERE"
+    assert runner.variables("rollback")["deployctl_rollback_targets"] == {"localhost": "v1"}
+
+
+def test_recover_from_the_hosts_records_finds_the_set_by_its_label(make):
+    """The history does not know the deployment: the hosts say what it was, the sets' labels which set."""
+    pipeline, runner = make()
+    left_by(runner, "DEP-GONE", lock={"deployment_id": "DEP-GONE", **DEAD_PROCESS})
+    runner.answer("backups", Answer(reports={"localhost": {"backups": [
+        {"set_id": "S9", "label": "DEP-GONE", "purpose": "pre-release", "verified": True}]}}))
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert runner.variables("rollback")["deployctl_restore_set_id"] == "S9"
+
+
+def test_recover_without_a_record_of_the_data_refuses_to_restore_once_users_could_write(make):
+    pipeline, runner = make()
+    left_by(runner, "DEP-GONE", maintenance=False, lock={"deployment_id": "DEP-GONE", **DEAD_PROCESS})
+    runner.answer("backups", Answer(reports={"localhost": {"backups": [
+        {"set_id": "S9", "label": "DEP-GONE", "purpose": "pre-release", "verified": True}]}}))
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "no record of it" in outcome.message
+
+
+def test_recover_works_from_the_hosts_when_the_history_is_unusable(make, tmp_path):
+    pipeline, runner = make()
+    (tmp_path / ".deployctl").mkdir()
+    (tmp_path / ".deployctl" / "history.db").write_bytes(b"not a database" * 100)
+    left_by(runner, "DEP-GONE", lock={"deployment_id": "DEP-GONE", **DEAD_PROCESS})
+    sets_on_the_db_host(runner)
+    outcome = pipeline.recover(data="keep")
+    assert outcome.exit_code == ExitCode.OK and outcome.outcome == "rolled-back", outcome.message
+    assert "the history could not be written" in outcome.message
+    assert runner.variables("rollback")["deployctl_rollback_targets"] == {"localhost": "v1"}
+
+
+def test_recover_refuses_while_another_deployment_holds_the_lock(make):
+    pipeline, runner = make()
+    dead = dead_release(pipeline)
+    left_by(runner, dead.id, lock={"deployment_id": "DEP-OTHER", "user": "ada", "control_node": "elsewhere"})
+    outcome = pipeline.recover()
+    assert outcome.exit_code == ExitCode.LOCKED and "DEP-OTHER" in outcome.message
+    assert runner.phases == ["state", "state"]
