@@ -48,6 +48,15 @@ class StubRunner:
         """Script the next runs of `phase` (its name as the history knows it, e.g. "maintenance on")."""
         self.answers.setdefault(phase, []).extend(answers)
 
+    def interrupt(self, phase: str) -> None:
+        """The next run of `phase` is cut short by Ctrl-C (or SIGTERM): cancelled, and the cancel stays set."""
+
+        def interrupted(_):
+            self.cancel.set()
+            return Answer(status="canceled")
+
+        self.answer(phase, interrupted)
+
     @property
     def phases(self) -> list[str]:
         return [call.phase for call in self.calls]

@@ -146,12 +146,7 @@ def test_no_rollback_stops_commands_and_leaves_the_rest(make):
 def test_interrupted_release_rolls_back_with_exit_130(make):
     pipeline, runner = make()
     release_answers(runner)
-
-    def interrupted(_):
-        runner.cancel.set()
-        return Answer(status="canceled")
-
-    runner.answer("deploy", interrupted)
+    runner.interrupt("deploy")
     outcome = pipeline.release("v2")
     assert outcome.exit_code == ExitCode.INTERRUPTED and outcome.outcome == "interrupted"
     assert "rollback" in runner.phases
@@ -396,12 +391,7 @@ def test_a_failed_backup_stops_the_release_before_anything_changes(make):
 
 def test_interrupted_before_anything_changed_exits_130_with_nothing_to_put_back(make):
     pipeline, runner = make()
-
-    def interrupted(_):
-        runner.cancel.set()
-        return Answer(status="canceled")
-
-    runner.answer("preflight", interrupted)
+    runner.interrupt("preflight")
     outcome = pipeline.release("v2")
     assert outcome.exit_code == ExitCode.INTERRUPTED and "nothing was changed" in outcome.message
     assert runner.phases == ["lock", "preflight", "unlock"]
@@ -585,12 +575,7 @@ def test_a_failed_restore_names_the_safety_set_and_keeps_maintenance_on(make):
 
 def test_an_interrupted_restore_stops_what_it_started_and_leaves_the_rest_to_a_human(make):
     pipeline, runner = make()
-
-    def interrupted(_):
-        runner.cancel.set()
-        return Answer(status="canceled")
-
-    runner.answer("restore", interrupted)
+    runner.interrupt("restore")
     outcome = pipeline.restore("S1")
     assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "`deployctl restore` again" in outcome.message
     assert runner.phases[-3:] == ["restore", "stop commands", "unlock"]
