@@ -10,9 +10,13 @@ import os
 import time
 
 
-def utc_stamp(when=None):
-    """The timestamp format of every record deployctl keeps on a host: 2026-12-01T09:30:00Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+def utc_stamp(when=None, precise=False):
+    """The timestamp format of every record deployctl keeps on a host: 2026-12-01T09:30:00Z.
+
+    `precise` adds microseconds (2026-12-01T09:30:00.250000Z) where records made in one second must sort."""
+    when = time.time() if when is None else when
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
+    return stamp + (f".{int(when % 1 * 1000000):06d}Z" if precise else "Z")
 
 
 def fsync_dir(path):
@@ -52,6 +56,19 @@ def write_atomic(path, data, mode=0o644, owner=None):
     fsync_dir(directory)
 
 
+def read_with_owner(path, new_mode=0o644):
+    """(bytes, mode, (uid, gid)) of the file at `path`; (None, `new_mode`, None) when it does not exist.
+
+    Rewriting a file with write_atomic(path, data, mode, owner) then keeps it as its owner had it."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+            info = os.fstat(handle.fileno())
+    except FileNotFoundError:
+        return None, new_mode, None
+    return data, info.st_mode & 0o7777, (info.st_uid, info.st_gid)
+
+
 def write_json_atomic(path, data, mode=0o644):
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
@@ -63,3 +80,12 @@ def read_json(path, default=None):
             return json.load(handle)
     except FileNotFoundError:
         return default
+
+
+def read_lock(path):
+    """The lock file at `path` ({token, holder, since}), None when there is none. A file that is not JSON
+    still holds the lock, for a holder nobody can name."""
+    try:
+        return read_json(path)
+    except ValueError:
+        return {"token": None, "holder": {"error": "unreadable lock file"}, "since": None}

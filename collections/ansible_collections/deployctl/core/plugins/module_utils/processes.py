@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -154,6 +155,23 @@ def run(argv, input=None, timeout=None, label=None, cwd=None, env=None, stdin=No
             proc.kill_group()
             raise
         return subprocess.CompletedProcess(argv, proc.returncode, _tail(out), _tail(err))
+
+
+def argv_of(command):
+    """A command given as a string (split like a shell would, run without one) or as a list of arguments."""
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command or []]
+
+
+def run_text(argv, timeout, label=None, cwd=None, env=None):
+    """(rc, stdout, stderr) of a short command, as text; rc None when it could not run or timed out, and
+    stderr then says why."""
+    try:
+        done = run(argv, timeout=timeout, label=label, cwd=cwd, env=env)
+    except subprocess.TimeoutExpired:
+        return None, "", f"timed out after {timeout:g} s"
+    except OSError as exc:
+        return None, "", f"cannot run {argv[0]}: {exc.strerror or exc}"
+    return done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
 
 
 def scrubbed(text, secrets):

@@ -17,10 +17,10 @@ description:
   - Values are quoted so that a shell's C(.), python-dotenv and docker compose all read back exactly the value
     given; a value no quoting can carry for all of them (a newline, NUL, C(${), or a single quote or backslash
     together with one of C($ ` " !)) is refused, and nothing is written.
-  - A variable set both in the block and elsewhere in the file is refused: which one an app sees would depend
-    on its parser.
-  - With O(save_to), the block as it was is saved there first (once: a retried deployment keeps the first
-    copy), so that a rollback can put it back with O(state=restored).
+  - A variable set both in the block and elsewhere in the file is refused, because which one an app sees
+    would depend on its parser.
+  - With O(save_to), the block as it was is saved there first (only once, so a retried deployment keeps the
+    first copy), so that a rollback can put it back with O(state=restored).
   - In check mode nothing is written; the values are validated all the same.
 options:
   path: {description: The .env file., type: path, required: true}
@@ -65,18 +65,12 @@ from ansible_collections.deployctl.core.plugins.module_utils.envfile import (
     owned_keys,
     replaced_block,
 )
-from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, write_atomic, write_json_atomic
-
-
-def _read(path):
-    """(text, mode, owner) of the file, or (None, 0600, None) when it does not exist."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        info = os.stat(path)
-        return text, info.st_mode & 0o7777, (info.st_uid, info.st_gid)
-    except FileNotFoundError:
-        return None, 0o600, None
+from ansible_collections.deployctl.core.plugins.module_utils.files import (
+    read_json,
+    read_with_owner,
+    write_atomic,
+    write_json_atomic,
+)
 
 
 def main():
@@ -92,7 +86,8 @@ def main():
     )
     params = module.params
     path, values = params["path"], params["values"]
-    existing, mode, owner = _read(path)
+    data, mode, owner = read_with_owner(path, new_mode=0o600)
+    existing = None if data is None else data.decode("utf-8")
     restored_from = None
     try:
         if params["state"] == "restored":

@@ -10,7 +10,7 @@ description:
   - C(state=on) writes C(<app_root>/shared/maintenance.json) (message, until) and stops every worker whose
     status command says it runs. C(state=off) starts every worker that does not run, then removes the flag.
   - Worker commands run in C(<app_root>/current); without a live release there are no workers to touch.
-  - One module call instead of a task per step: maintenance mode sits inside the release's downtime.
+  - One module call instead of a task per step, because maintenance mode sits inside the release's downtime.
 options:
   app_root: {description: Root of the app (holds shared/ and current)., type: path, required: true}
   state: {description: Wanted state., type: str, choices: ["on", "off"], required: true}
@@ -41,15 +41,15 @@ started: {description: Workers started., type: list, returned: always}
 
 import json
 import os
-import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.deployctl.core.plugins.module_utils import processes
+from ansible_collections.deployctl.core.plugins.module_utils.files import write_atomic
 
 
 def _run(command, cwd, label):
-    done = processes.run(shlex.split(command), cwd=cwd, timeout=300, label=label)
-    return done.returncode, (done.stderr or done.stdout).decode("utf-8", "replace").strip()
+    rc, out, err = processes.run_text(processes.argv_of(command), timeout=300, label=label, cwd=cwd)
+    return rc, (err or out).strip()
 
 
 def main():
@@ -83,10 +83,7 @@ def main():
         if not same:
             changed = True
             if not check:
-                os.makedirs(shared, exist_ok=True)
-                with open(flag + ".tmp", "w") as handle:
-                    handle.write(content)
-                os.replace(flag + ".tmp", flag)
+                write_atomic(flag, content)
 
     processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"])
     workers = params["workers"] if os.path.isdir(current) else []

@@ -66,53 +66,20 @@ test_output: {description: What the configuration test printed (when it ran)., t
 """
 
 import os
-import shlex
-import subprocess
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def _read(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def _write(module, path, data, mode):
-    """Replace path atomically; an existing file keeps its owner and permissions, a new one gets mode."""
-    new = not os.path.exists(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        module.atomic_move(tmp, path)
-        if new:
-            os.chmod(path, mode)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _argv(command):
-    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+from ansible_collections.deployctl.core.plugins.module_utils import processes
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_with_owner, write_atomic
 
 
 def _run(command):
     """(ok, output) of a command run without a shell."""
-    argv = _argv(command)
+    argv = processes.argv_of(command)
     if not argv:
         return False, "empty command"
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                              timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"{argv[0]}: {exc}"
-    output = (proc.stderr.strip() + "\n" + proc.stdout.strip()).strip()
-    return proc.returncode == 0, output or f"exit {proc.returncode}"
+    rc, out, err = processes.run_text(argv, timeout=120)
+    output = (err.strip() + "\n" + out.strip()).strip()
+    return rc == 0, output or f"exit {rc}"
 
 
 def main():
@@ -132,7 +99,13 @@ def main():
     mode = int(params["mode"], 8) if isinstance(params["mode"], str) else int(params["mode"])
     wanted = [(f["path"], f["content"].encode()) for f in params["files"]]
     needs_reload = {f["path"] for f in params["files"] if f["reload"]}
-    before = {path: _read(path) for path, _ in wanted}
+    found = {path: read_with_owner(path, new_mode=mode) for path, _ in wanted}
+    before = {path: found[path][0] for path, _ in wanted}
+
+    def write(path, data):
+        _, kept_mode, owner = found[path]
+        write_atomic(path, data, mode=kept_mode, owner=owner)
+
     changes = [(path, data) for path, data in wanted if before[path] != data]
     changed_files = [path for path, _ in changes]
     diff = [{"before_header": path, "after_header": path,
@@ -147,11 +120,11 @@ def main():
                 if os.path.exists(path):
                     os.unlink(path)
             else:
-                _write(module, path, before[path], mode)
+                write(path, before[path])
 
     try:
         for path, data in changes:
-            _write(module, path, data, mode)
+            write(path, data)
     except OSError as exc:
         put_back()
         module.fail_json(msg=f"could not write the nginx configuration, nothing changed: {exc}",

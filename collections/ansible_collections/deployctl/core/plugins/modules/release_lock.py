@@ -50,14 +50,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, utc_stamp, write_atomic
-
-
-def _read(path):
-    try:
-        return read_json(path)
-    except ValueError:
-        return {"token": None, "holder": {"error": "unreadable lock file"}}
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_lock, utc_stamp, write_atomic
 
 
 def _who(holder):
@@ -84,7 +77,7 @@ def _acquire(path, token, holder):
 
 def _adopt(path, current, token, holder):
     """Replace the lock of a dead deployment with ours, unless it changed hands since it was read."""
-    if _read(path) != current:
+    if read_lock(path) != current:
         return False
     write_atomic(path, _content(token, holder))
     return True
@@ -105,7 +98,7 @@ def main():
         supports_check_mode=True,
     )
     path, state, token = module.params["path"], module.params["state"], module.params["token"]
-    current = _read(path)
+    current = read_lock(path)
     changed = False
 
     adopt = module.params["adopt"]
@@ -113,15 +106,15 @@ def main():
     if state == "acquired" and adopt and current is not None and current.get("token") != token and holder_id == adopt:
         changed = True
         if not module.check_mode and _adopt(path, current, token, module.params["holder"]):
-            current = _read(path)
+            current = read_lock(path)
     if state == "acquired":
         if current is None:
             changed = True
             if not module.check_mode and not _acquire(path, token, module.params["holder"]):
-                current = _read(path)  # lost a race between the read and the link
+                current = read_lock(path)  # lost a race between the read and the link
                 changed = False
             elif not module.check_mode:
-                current = _read(path)
+                current = read_lock(path)
         if current is not None and current.get("token") != token:
             module.fail_json(msg=f"locked by {_who(current.get('holder') or {})} since {current.get('since')}",
                              holder=dict(current.get("holder") or {}, since=current.get("since")), held_by_other=True)

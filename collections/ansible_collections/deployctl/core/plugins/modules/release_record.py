@@ -12,9 +12,9 @@ short_description: The live release of an app on one host, switched atomically a
 version_added: "0.1.0"
 description:
   - Keeps C(<app_root>/.deployctl/release.json), the host's own record of its releases. Each switch is an
-    entry (version, deployment, time, status): C(pending) while the deployment that made it runs, C(live)
+    entry (version, deployment, time, status); C(pending) while the deployment that made it runs, C(live)
     once that deployment finished with the release live, C(undone) once it was rolled back. Only C(live)
-    entries count as releases that went live: the rollback target (C(previous)) and pruning come from them,
+    entries count as releases that went live; the rollback target (C(previous)) and pruning come from them,
     never from directory mtimes, and a release that failed is never a rollback target.
   - A deployment writes ahead what recovery needs (C(state=begun)) before it changes anything, so that
     C(deployctl recover) can finish it from the host's record when the control node died.
@@ -29,10 +29,10 @@ options:
         deployment did not finish on this host.
       - C(prepared) creates the directories and clears a partly unpacked O(version).
       - C(live) links the shared paths into O(version), switches C(current) to it, records it and prunes.
-      - C(rolled_back) makes O(version) live again (empty to take down a first release): the entries since
+      - C(rolled_back) makes O(version) live again (empty to take down a first release); the entries since
         it went live are undone, and returned (the deployments they came from, oldest first), so that what
         those deployments saved (M(deployctl.core.env_file)) can be put back.
-      - C(settled) ends O(deployment_id): its entries become C(live) (O(outcome=live)) or C(undone), and
+      - C(settled) ends O(deployment_id); its entries become C(live) (O(outcome=live)) or C(undone), and
         the record of the unfinished deployment is cleared.
       - C(absent) removes C(current).
     type: str
@@ -119,7 +119,12 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, utc_stamp, write_json_atomic
+from ansible_collections.deployctl.core.plugins.module_utils.files import (
+    read_json,
+    read_lock,
+    utc_stamp,
+    write_json_atomic,
+)
 
 COMPLETE_MARKER = ".deployctl-complete"
 HISTORY_LIMIT = 100
@@ -235,10 +240,7 @@ def _not_writable(app_root, names):
 
 
 def _read_lock(state_dir):
-    try:
-        lock = read_json(os.path.join(state_dir, "lock"))
-    except ValueError:
-        return {"error": "unreadable lock file"}
+    lock = read_lock(os.path.join(state_dir, "lock"))
     if lock is None:
         return None
     return dict(lock.get("holder") or {}, since=lock.get("since"))

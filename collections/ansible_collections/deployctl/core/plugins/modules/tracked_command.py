@@ -33,7 +33,7 @@ options:
     elements: str
     default: []
 notes:
-  - In check mode the command does not run (the task is skipped), unless the task sets C(check_mode: false).
+  - In check mode the command does not run (the task is skipped), unless the task sets C(check_mode) to V(false).
 author:
   - deployctl maintainers
 """

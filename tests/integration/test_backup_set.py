@@ -1,7 +1,6 @@
-"""Tests of the deployctl.core.backup_set module against the local MariaDB, PostgreSQL and SQLite."""
+"""Tests of the backup sets (deployctl.core.backup_set) against the local MariaDB, PostgreSQL and SQLite."""
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -16,10 +15,24 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ansible_collections.deployctl.core.plugins.module_utils.backup_common import (
+    BackupError,
+    DiskFullError,
+    VerifyError,
+    sha256_file,
+)
+from ansible_collections.deployctl.core.plugins.module_utils.backup_sets import list_sets
+from ansible_collections.deployctl.core.plugins.module_utils.db_mysql import MysqlEngine
+from ansible_collections.deployctl.core.plugins.module_utils.db_sqlite import SqliteEngine
+from ansible_collections.deployctl.core.plugins.module_utils.set_operations import (
+    restore_set,
+    run,
+    take_set,
+    verify_set,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO_ROOT / "collections"
-MODULE_PATH = COLLECTIONS / "ansible_collections/deployctl/core/plugins/modules/backup_set.py"
 
 MYSQL = ["mariadb", "--default-character-set=utf8mb4", "-h", "127.0.0.1", "-P", "3306", "-u", "root"]
 PSQL = [
@@ -41,14 +54,6 @@ MYSQL_LOGIN = {"login_host": "127.0.0.1", "login_port": 3306, "login_user": "roo
 PG_LOGIN = {"login_host": "127.0.0.1", "login_port": 5432, "login_user": "postgres"}
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("deployctl_backup_set", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bs = _load_module()
 
 
 def _works(argv):
@@ -256,7 +261,7 @@ def test_mysql_round_trip(mysql_db, backup_dir):
     before = my_snapshot(mysql_db)
     params = mysql_params(mysql_db, backup_dir, label="deploy-42", live_version="1.4.2")
 
-    res = bs.take_set(params)
+    res = take_set(params)
     manifest = res["manifest"]
     assert res["changed"] and res["verified"] and manifest["verified"] and not manifest["bad"]
     assert res["set_id"].endswith("-deploy-42") and manifest["live_version"] == "1.4.2"
@@ -285,7 +290,7 @@ def test_mysql_round_trip(mysql_db, backup_dir):
     )
     assert my_snapshot(mysql_db) != before
 
-    restored = bs.restore_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"]))
+    restored = restore_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"]))
     assert restored["changed"] and restored["live_version"] == "1.4.2"
     assert my_snapshot(mysql_db) == before
     row = my_rows(
@@ -309,18 +314,18 @@ def test_mysql_checksum_fallback_to_row_md5(mysql_db, backup_dir):
         "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO t VALUES (1, 'a'), (2, NULL);",
         mysql_db,
     )
-    res = bs.take_set(mysql_params(mysql_db, backup_dir, set_id="s1"))
+    res = take_set(mysql_params(mysql_db, backup_dir, set_id="s1"))
     path = Path(res["path"]) / "manifest.json"
     manifest = json.loads(path.read_text())
     # pretend CHECKSUM TABLE differed (e.g. another row format): the row md5 decides
     manifest["tables"]["t"]["checksum"] = "12345"
     path.write_text(json.dumps(manifest))
-    out = bs.verify_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="s1"))
+    out = verify_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="s1"))
     assert out["verified"] and out["checksum_fallback"] == ["t"] and not out["changed"]
     manifest["tables"]["t"]["row_md5"] = "0" * 32
     path.write_text(json.dumps(manifest))
-    with pytest.raises(bs.VerifyError, match="table t: checksum mismatch"):
-        bs.verify_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="s1"))
+    with pytest.raises(VerifyError, match="table t: checksum mismatch"):
+        verify_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="s1"))
     assert json.loads(path.read_text())["bad"] is True
 
 
@@ -332,18 +337,18 @@ def test_mysql_verification_mismatch_marks_set_bad(mysql_db, backup_dir):
         # a dump that restores fine but holds other data (hash kept consistent): only the comparison sees it
         dump = Path(set_dir) / "db.dump"
         dump.write_bytes(dump.read_bytes().replace(b"'original'", b"'tampered'"))
-        manifest["files"]["db.dump"]["sha256"] = bs._sha256_file(str(dump))
+        manifest["files"]["db.dump"]["sha256"] = sha256_file(str(dump))
 
-    with pytest.raises(bs.VerifyError, match="table t: checksum mismatch") as err:
-        bs.take_set(mysql_params(mysql_db, backup_dir, set_id="bad1"), hooks={"after_dump": tamper})
+    with pytest.raises(VerifyError, match="table t: checksum mismatch") as err:
+        take_set(mysql_params(mysql_db, backup_dir, set_id="bad1"), hooks={"after_dump": tamper})
     manifest = json.loads((backup_dir / "bad1" / "manifest.json").read_text())
     assert manifest["bad"] is True and manifest["verified"] is False
     assert "checksum mismatch" in manifest["verify_error"]
     assert err.value.result["set_id"] == "bad1"
     assert not my_rows("SHOW DATABASES LIKE 'deployctl\\_verify\\_%'")
-    with pytest.raises(bs.BackupError, match="marked bad"):
-        bs.restore_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="bad1"))
-    listed = bs.run({"state": "listed", "backup_dir": str(backup_dir)})["sets"]
+    with pytest.raises(BackupError, match="marked bad"):
+        restore_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="bad1"))
+    listed = run({"state": "listed", "backup_dir": str(backup_dir)})["sets"]
     assert [(s["set_id"], s["bad"]) for s in listed] == [("bad1", True)]
 
 
@@ -355,8 +360,8 @@ def test_mysql_truncated_dump_detected(mysql_db, backup_dir):
         dump = Path(set_dir) / "db.dump"
         dump.write_bytes(dump.read_bytes()[:200])
 
-    with pytest.raises(bs.VerifyError, match="sha256 mismatch"):
-        bs.take_set(mysql_params(mysql_db, backup_dir, set_id="trunc"), hooks={"after_dump": truncate})
+    with pytest.raises(VerifyError, match="sha256 mismatch"):
+        take_set(mysql_params(mysql_db, backup_dir, set_id="trunc"), hooks={"after_dump": truncate})
     assert json.loads((backup_dir / "trunc" / "manifest.json").read_text())["bad"] is True
 
 
@@ -379,17 +384,17 @@ def test_full_disk(mysql_db, tmp_path, monkeypatch):
         pytest.skip("cannot mount a tmpfs here")
     try:
         with pytest.raises(
-            bs.BackupError, match=r"not enough space at .*: need ~\d+\.\d MB, \d+\.\d MB free"
+            BackupError, match=r"not enough space at .*: need ~\d+\.\d MB, \d+\.\d MB free"
         ):
-            bs.take_set(mysql_params(mysql_db, full))
+            take_set(mysql_params(mysql_db, full))
         assert listing(full) == []
         # an estimate that is too low: the dump itself hits ENOSPC (plain file, then through openssl)
-        monkeypatch.setattr(bs.MysqlEngine, "estimate_size", lambda self: 0)
+        monkeypatch.setattr(MysqlEngine, "estimate_size", lambda self: 0)
         for extra in ({}, {"encryption_key": "k" * 20}):
             with pytest.raises(
-                bs.DiskFullError, match="is full .no space left on device.*partial set was removed"
+                DiskFullError, match="is full .no space left on device.*partial set was removed"
             ):
-                bs.take_set(mysql_params(mysql_db, full, **extra))
+                take_set(mysql_params(mysql_db, full, **extra))
             assert listing(full) == []
     finally:
         subprocess.run(["umount", str(full)], check=True)
@@ -454,9 +459,9 @@ def test_mysql_secrets_stay_hidden(mysql_db, backup_dir, tmp_path):
             scratch_prefix=prefix,
         )
         with PsSampler() as ps:
-            res = bs.run(params)
-            res_enc = bs.run(dict(params, encryption_key=key))
-            bs.run(dict(params, state="verified", set_id=res_enc["set_id"], encryption_key=key))
+            res = run(params)
+            res_enc = run(dict(params, encryption_key=key))
+            run(dict(params, state="verified", set_id=res_enc["set_id"], encryption_key=key))
         assert res["verified"] and res_enc["verified"]
         assert any("--defaults-extra-file=" in line for line in ps.lines), "sampler saw no client"
         for secret in (password, key):
@@ -470,8 +475,8 @@ def test_mysql_secrets_stay_hidden(mysql_db, backup_dir, tmp_path):
         assert temp_files and not [p for p in temp_files if os.path.exists(p)]
 
         # a wrong password never shows up in an error message either
-        with pytest.raises(bs.BackupError) as err:
-            bs.run(dict(params, login_password=password + "wrong"))
+        with pytest.raises(BackupError) as err:
+            run(dict(params, login_password=password + "wrong"))
         assert password not in err.value.msg
 
         # credentials_file route: an option file only its owner can read
@@ -481,7 +486,7 @@ def test_mysql_secrets_stay_hidden(mysql_db, backup_dir, tmp_path):
             "host=127.0.0.1\nport=3306\n"
         )
         cred.chmod(0o600)
-        res = bs.run(
+        res = run(
             dict(
                 engine="mysql",
                 database=mysql_db,
@@ -492,8 +497,8 @@ def test_mysql_secrets_stay_hidden(mysql_db, backup_dir, tmp_path):
         )
         assert res["verified"]
         cred.chmod(0o644)
-        with pytest.raises(bs.BackupError, match="must not be accessible by group or others"):
-            bs.run(
+        with pytest.raises(BackupError, match="must not be accessible by group or others"):
+            run(
                 dict(
                     engine="mysql", database=mysql_db, backup_dir=str(backup_dir), credentials_file=str(cred)
                 )
@@ -513,7 +518,7 @@ def test_mysql_encrypted_round_trip(mysql_db, backup_dir, tmp_path):
     conf.mkdir()
     (conf / "app.ini").write_text("version=1\n")
     key = "correct horse battery staple"
-    res = bs.take_set(mysql_params(mysql_db, backup_dir, encryption_key=key, files=[str(conf)]))
+    res = take_set(mysql_params(mysql_db, backup_dir, encryption_key=key, files=[str(conf)]))
     manifest = res["manifest"]
     assert manifest["encrypted"] is True and res["verified"]
     for name in ("db.dump", "files.tar.gz"):
@@ -526,13 +531,13 @@ def test_mysql_encrypted_round_trip(mysql_db, backup_dir, tmp_path):
     my("DELETE FROM t", mysql_db)
     (conf / "app.ini").write_text("version=2\n")
     base = dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"])
-    with pytest.raises(bs.BackupError, match="encryption_key is required"):
-        bs.restore_set(base)
-    with pytest.raises(bs.BackupError, match="wrong encryption_key"):
-        bs.restore_set(dict(base, encryption_key="wrong key"))
+    with pytest.raises(BackupError, match="encryption_key is required"):
+        restore_set(base)
+    with pytest.raises(BackupError, match="wrong encryption_key"):
+        restore_set(dict(base, encryption_key="wrong key"))
     assert my_rows("SELECT COUNT(*) FROM t", mysql_db) == [["0"]]  # untouched by the failed attempts
-    assert bs.verify_set(dict(base, encryption_key=key))["verified"]
-    bs.restore_set(dict(base, encryption_key=key))
+    assert verify_set(dict(base, encryption_key=key))["verified"]
+    restore_set(dict(base, encryption_key=key))
     assert my_rows("SELECT id, v FROM t ORDER BY id", mysql_db) == [["1", "secret row"], ["2", "Grüße"]]
     assert (conf / "app.ini").read_text() == "version=1\n"
 
@@ -575,7 +580,7 @@ def test_postgres_round_trip(pg_db, backup_dir):
     pg(PG_SCHEMA, pg_db)
     before = pg_snapshot(pg_db)
     prefix = f"dcrt_{uuid.uuid4().hex[:6]}_"  # its own scratch names: other tests verify sets meanwhile
-    res = bs.take_set(pg_params(pg_db, backup_dir, label="deploy-7", live_version="2.0.0", scratch_prefix=prefix))
+    res = take_set(pg_params(pg_db, backup_dir, label="deploy-7", live_version="2.0.0", scratch_prefix=prefix))
     manifest = res["manifest"]
     assert res["verified"] and not manifest["bad"]
     assert manifest["tables"]["public.kinds"]["rows"] == 3 and manifest["tables"]["public.audit"]["rows"] == 3
@@ -600,7 +605,7 @@ def test_postgres_round_trip(pg_db, backup_dir):
         idle.stdin.write(b"SELECT 1;\n")
         idle.stdin.flush()
         time.sleep(0.2)
-        out = bs.restore_set(dict(PG_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"]))
+        out = restore_set(dict(PG_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"]))
     finally:
         with contextlib.suppress(OSError):
             idle.stdin.close()
@@ -644,7 +649,7 @@ def test_postgres_counts_come_from_the_dumped_snapshot(pg_db, backup_dir):
     thread.start()
     try:
         time.sleep(0.2)
-        res = bs.take_set(pg_params(pg_db, backup_dir))
+        res = take_set(pg_params(pg_db, backup_dir))
     finally:
         stop.set()
         thread.join()
@@ -666,14 +671,14 @@ def test_postgres_encrypted_set_and_pgpass(pg_db, backup_dir, tmp_path):
     pgpass.write_text("127.0.0.1:5432:*:postgres:unused\n")
     pgpass.chmod(0o600)
     params = pg_params(pg_db, backup_dir, credentials_file=str(pgpass), encryption_key="pg-key")
-    res = bs.take_set(params)
+    res = take_set(params)
     assert res["verified"] and (Path(res["path"]) / "db.dump").read_bytes().startswith(b"Salted__")
     pg("DELETE FROM t WHERE id > 10", pg_db)
-    bs.restore_set(dict(PG_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"], encryption_key="pg-key"))
+    restore_set(dict(PG_LOGIN, backup_dir=str(backup_dir), set_id=res["set_id"], encryption_key="pg-key"))
     assert pg("SELECT count(*) FROM t", pg_db).strip() == "500"
     pgpass.chmod(0o640)
-    with pytest.raises(bs.BackupError, match="mode 0640"):
-        bs.take_set(params)
+    with pytest.raises(BackupError, match="mode 0640"):
+        take_set(params)
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -692,7 +697,7 @@ def test_sqlite_round_trip_with_files(tmp_path, backup_dir):
     single.chmod(0o600)
     before = sqlite_snapshot(db)
 
-    res = bs.take_set(
+    res = take_set(
         dict(
             engine="sqlite",
             database=str(db),
@@ -721,7 +726,7 @@ def test_sqlite_round_trip_with_files(tmp_path, backup_dir):
     (conf / "conf.d" / "added.ini").write_text("c=3\n")
     single.write_bytes(b"changed")
 
-    bs.restore_set({"backup_dir": str(backup_dir), "set_id": "s1"})
+    restore_set({"backup_dir": str(backup_dir), "set_id": "s1"})
     assert sqlite_snapshot(db) == before
     assert (conf / "main.ini").read_text() == "a=1\n"
     assert sorted(os.listdir(conf / "conf.d")) == ["extra.ini"]
@@ -729,7 +734,7 @@ def test_sqlite_round_trip_with_files(tmp_path, backup_dir):
     assert single.read_bytes() == b"\x00\x01key" and stat_mode(single) == 0o600
     assert not [n for n in os.listdir(conf.parent) if n.startswith(".deployctl")]
 
-    sets = bs.run({"state": "listed", "backup_dir": str(backup_dir)})
+    sets = run({"state": "listed", "backup_dir": str(backup_dir)})
     assert sets["changed"] is False
     assert [(s["set_id"], s["path"], s["live_version"]) for s in sets["sets"]] == [("s1", res["path"], "3.1")]
 
@@ -741,8 +746,8 @@ def stat_mode(path):
 def test_missing_file_is_an_error(tmp_path, backup_dir):
     db = tmp_path / "app.db"
     make_sqlite(db)
-    with pytest.raises(bs.BackupError, match="does not exist"):
-        bs.take_set(
+    with pytest.raises(BackupError, match="does not exist"):
+        take_set(
             dict(
                 engine="sqlite", database=str(db), backup_dir=str(backup_dir), files=[str(tmp_path / "nope")]
             )
@@ -754,8 +759,8 @@ def test_corrupted_dumps_are_detected(tmp_path, backup_dir):
     db = tmp_path / "app.db"
     make_sqlite(db)
     base = {"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir)}
-    bs.take_set(dict(base, set_id="trunc"))
-    bs.take_set(dict(base, set_id="flip"))
+    take_set(dict(base, set_id="trunc"))
+    take_set(dict(base, set_id="flip"))
     dump = backup_dir / "trunc" / "db.dump"
     dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
     dump = backup_dir / "flip" / "db.dump"
@@ -768,57 +773,57 @@ def test_corrupted_dumps_are_detected(tmp_path, backup_dir):
     conn.commit()
     conn.close()
     for set_id in ("trunc", "flip"):
-        with pytest.raises(bs.BackupError, match="sha256 mismatch for db.dump"):
-            bs.restore_set({"backup_dir": str(backup_dir), "set_id": set_id})
+        with pytest.raises(BackupError, match="sha256 mismatch for db.dump"):
+            restore_set({"backup_dir": str(backup_dir), "set_id": set_id})
         assert sqlite_snapshot(db)["items"] == []  # live database untouched
-        with pytest.raises(bs.VerifyError, match="sha256 mismatch") as err:
-            bs.run({"state": "verified", "backup_dir": str(backup_dir), "set_id": set_id})
+        with pytest.raises(VerifyError, match="sha256 mismatch") as err:
+            run({"state": "verified", "backup_dir": str(backup_dir), "set_id": set_id})
         assert err.value.result["changed"] is True
         manifest = json.loads((backup_dir / set_id / "manifest.json").read_text())
         assert (
             manifest["bad"] is True and manifest["verified"] is False and "sha256" in manifest["verify_error"]
         )
-        with pytest.raises(bs.BackupError, match="marked bad"):
-            bs.restore_set({"backup_dir": str(backup_dir), "set_id": set_id})
+        with pytest.raises(BackupError, match="marked bad"):
+            restore_set({"backup_dir": str(backup_dir), "set_id": set_id})
 
 
 def test_comparison_failure_marks_set_bad(tmp_path, backup_dir, monkeypatch):
     db = tmp_path / "app.db"
     make_sqlite(db)
-    real = bs.SqliteEngine.scratch_state
+    real = SqliteEngine.scratch_state
 
     def off_by_one(self, source, manifest):
         state = real(self, source, manifest)
         state["tables"]["items"]["rows"] += 1
         return state
 
-    monkeypatch.setattr(bs.SqliteEngine, "scratch_state", off_by_one)
-    with pytest.raises(bs.VerifyError, match="table items: 3 rows expected, 4 found"):
-        bs.run(
+    monkeypatch.setattr(SqliteEngine, "scratch_state", off_by_one)
+    with pytest.raises(VerifyError, match="table items: 3 rows expected, 4 found"):
+        run(
             {"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "set_id": "x", "keep": 1}
         )
     manifest = json.loads((backup_dir / "x" / "manifest.json").read_text())
     assert manifest["bad"] and not manifest["verified"] and "4 found" in manifest["verify_error"]
     monkeypatch.undo()
     # a bad set is not counted by retention and is pruned after the next good set
-    res = bs.take_set({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "keep": 1})
+    res = take_set({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "keep": 1})
     assert res["pruned"] == ["x"]
 
 
 def test_unverified_set_needs_force(tmp_path, backup_dir):
     db = tmp_path / "app.db"
     make_sqlite(db)
-    res = bs.take_set(
+    res = take_set(
         {"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "verify": False}
     )
     assert res["manifest"]["verified"] is False and res["manifest"]["verify_seconds"] is None
     base = {"backup_dir": str(backup_dir), "set_id": res["set_id"]}
-    with pytest.raises(bs.BackupError, match="not verified"):
-        bs.restore_set(base)
-    assert bs.restore_set(dict(base, force=True))["changed"]
-    out = bs.verify_set(base)  # a successful re-verification marks it verified
+    with pytest.raises(BackupError, match="not verified"):
+        restore_set(base)
+    assert restore_set(dict(base, force=True))["changed"]
+    out = verify_set(base)  # a successful re-verification marks it verified
     assert out["changed"] and out["manifest"]["verified"]
-    assert bs.restore_set(base)["changed"]
+    assert restore_set(base)["changed"]
 
 
 def test_retention(tmp_path, backup_dir):
@@ -833,9 +838,9 @@ def test_retention(tmp_path, backup_dir):
     }
     pruned = {}
     for i in range(1, 6):
-        pruned[i] = bs.take_set(dict(base, set_id=f"s{i}"))["pruned"]
+        pruned[i] = take_set(dict(base, set_id=f"s{i}"))["pruned"]
     assert pruned == {1: [], 2: [], 3: [], 4: ["s2"], 5: ["s3"]}
-    assert [s["set_id"] for s in bs.list_sets(str(backup_dir))] == ["s5", "s4", "s1"]
+    assert [s["set_id"] for s in list_sets(str(backup_dir))] == ["s5", "s4", "s1"]
 
     old = backup_dir / "old-partial"
     old.mkdir()
@@ -844,26 +849,26 @@ def test_retention(tmp_path, backup_dir):
     (backup_dir / "fresh-partial").mkdir()
     (backup_dir / "lost+found").mkdir()
     os.utime(backup_dir / "lost+found", (time.time() - 7200, time.time() - 7200))
-    out = bs.take_set(dict(base, set_id="s6", keep=1))
+    out = take_set(dict(base, set_id="s6", keep=1))
     assert sorted(out["pruned"]) == ["old-partial", "s4", "s5"]
     assert listing(backup_dir) == ["fresh-partial", "lost+found", "s1", "s6"]
     # default ids are timestamped and unique
-    a = bs.take_set(dict(base, label="rel 9/x"))
-    b = bs.take_set(dict(base, label="rel 9/x"))
+    a = take_set(dict(base, label="rel 9/x"))
+    b = take_set(dict(base, label="rel 9/x"))
     assert re.fullmatch(r"\d{8}T\d{6}Z-rel-9-x(-2)?", a["set_id"]) and a["set_id"] != b["set_id"]
 
 
 def test_check_mode(tmp_path, backup_dir):
     db = tmp_path / "app.db"
     make_sqlite(db)
-    res = bs.run({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir)}, check_mode=True)
+    res = run({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir)}, check_mode=True)
     assert res["changed"] and not backup_dir.exists()
-    bs.take_set({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "set_id": "s1"})
+    take_set({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "set_id": "s1"})
     conn = sqlite3.connect(db)
     conn.execute("DELETE FROM items")
     conn.commit()
     conn.close()
-    res = bs.run({"state": "restored", "backup_dir": str(backup_dir), "set_id": "s1"}, check_mode=True)
+    res = run({"state": "restored", "backup_dir": str(backup_dir), "set_id": "s1"}, check_mode=True)
     assert res["changed"] and sqlite_snapshot(db)["items"] == []
 
 

@@ -1,0 +1,27 @@
+# Copyright: deployctl maintainers
+# MIT License (see galaxy.yml)
+"""What every database engine of a backup set provides, and the engine for given parameters.
+
+Standard library only: runs on the managed hosts (Python 3.8+)."""
+
+from __future__ import annotations
+
+
+def empty_objects():
+    return {"views": [], "routines": [], "triggers": [], "events": []}
+
+
+def sorted_objects(objects):
+    return {k: sorted(set(objects.get(k, []))) for k in ("views", "routines", "triggers", "events")}
+
+
+class Engine:
+    name = None
+
+    def __init__(self, params, tmp):
+        self.p = params
+        self.tmp = tmp
+        self.database = params["database"]
+
+    def close(self):
+        pass

@@ -1,0 +1,69 @@
+"""The collection's code keeps the shape its hosts need: small modules, standard library only, documentation
+that parses (ansible-doc and ansible-lint read it as YAML)."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+PLUGINS = Path(__file__).resolve().parents[2] / "collections/ansible_collections/deployctl/core/plugins"
+MODULES = sorted((PLUGINS / "modules").glob("*.py"))
+MODULE_UTILS = sorted((PLUGINS / "module_utils").glob("*.py"))
+OWN = "ansible_collections.deployctl.core.plugins.module_utils"
+MAX_MODULE_LINES = 600
+
+
+def _imports(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+
+
+@pytest.mark.parametrize("path", MODULES + MODULE_UTILS, ids=lambda p: p.name)
+def test_standard_library_only(path):
+    """Modules run on the managed hosts, which have Python and nothing else."""
+    foreign = [name for name in _imports(path)
+               if name.split(".")[0] not in sys.stdlib_module_names
+               and name != "ansible.module_utils.basic" and not name.startswith(OWN)]
+    assert not foreign, f"{path.name} imports {foreign}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_modules_stay_small(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{path.name} has {lines} lines: move its parts into module_utils"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_documentation_parses(path):
+    blocks = {node.targets[0].id: node.value.value for node in ast.parse(path.read_text()).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN")}
+    assert set(blocks) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}
+    doc = yaml.safe_load(blocks["DOCUMENTATION"])
+    assert doc["module"] == path.stem
+    for text in [doc["short_description"], *doc["description"]]:
+        assert isinstance(text, str), f"{path.name}: a description line parsed as {text!r} (quote its ': ')"
+    for name, option in doc.get("options", {}).items():
+        descriptions = option["description"] if isinstance(option["description"], list) else [option["description"]]
+        assert all(isinstance(text, str) for text in descriptions), f"{path.name}: option {name}"
+    assert isinstance(yaml.safe_load(blocks["EXAMPLES"]), list)
+    yaml.safe_load(blocks["RETURN"])
+
+
+def test_no_module_utils_file_is_unused():
+    used = set()
+    for path in MODULES + MODULE_UTILS:
+        for name in _imports(path):
+            if name.startswith(OWN + "."):
+                used.add(name.rsplit(".", 1)[1])
+            elif name == OWN:
+                used.update(alias.name for node in ast.walk(ast.parse(path.read_text()))
+                            if isinstance(node, ast.ImportFrom) and node.module == OWN for alias in node.names)
+    assert {p.stem for p in MODULE_UTILS} - {"__init__"} <= used
