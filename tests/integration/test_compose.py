@@ -379,7 +379,7 @@ def test_release_unhealthy_release_and_rollback(compose_project):
 
 
 def test_image_retention_keeps_the_last_releases_and_the_rollback_target(compose_project, tmp_path):
-    """The deploy role's pruning on its own: a record with five releases, keep two."""
+    """The compose role's pruning on its own: a record with five releases, keep two."""
     project = compose_project()
     project.build("v1")
     for tag in ("v2", "v3", "v4", "v5", "next"):
@@ -390,9 +390,9 @@ def test_image_retention_keeps_the_last_releases_and_the_rollback_target(compose
         "vars": {"deployctl_compose_image": project.name, "deployctl_compose_keep_images": 2,
                  "deployctl_compose_record": record},
         "tasks": [{"name": "Find the images", "deployctl.core.compose_status": {"image": project.name},
-                   "register": "deployctl_compose_before"},
+                   "register": "deployctl_compose_found"},
                   {"name": "Prune", "ansible.builtin.include_role": {
-                      "name": "deploy", "tasks_from": "compose_prune.yml"}}]}]
+                      "name": "compose", "tasks_from": "prune"}}]}]
     first = run_playbook(tmp_path / "prune.yml", plays)
     assert first.returncode == 0, first.stdout[-3000:]
     # newest first: v4, v5 (kept: the last two, and live v4, previous v5); v3, v2, v1 go; never live: stays
@@ -427,7 +427,7 @@ def test_image_loaded_from_an_archive_and_compose_command_detected(compose_proje
                  "deployctl_compose_image_archive": str(tmp_path / "{{ deployctl_compose_image }}-"
                                                         "{{ deployctl_compose_tag }}.tar")},
         "tasks": [
-            {"name": "Load", "ansible.builtin.include_role": {"name": "deploy", "tasks_from": "compose_image.yml"}},
+            {"name": "Load", "ansible.builtin.include_role": {"name": "compose", "tasks_from": "image"}},
             {"name": "Detect", "deployctl.core.compose_status": {}, "register": "found"},
             {"name": "Show", "ansible.builtin.debug": {"msg": "DETECTED {{ found.compose_command | to_json }} "
                                                               "{{ found.compose_version }}"}}]}]
