@@ -1,15 +1,114 @@
+"""Shared fixtures, and the markers every test carries (pytest -m unit | integration | "not slow").
+
+Where a test lives says what it needs:
+
+    tests/unit/                         unit: no server, no ansible/ansible-playbook run
+    tests/integration/, tests/faults/,  integration: real ansible-runner runs, services, hosts or engines
+    tests/molecule/, tests/support/
+
+A test under tests/unit that needs more is marked `integration` where it is (then it is not `unit`), or
+asks for one of SERVER_FIXTURES (a database on the machine's server, a real release), which marks it
+`integration` by itself; RUNS_ANSIBLE does the same by name. `slow` (longer than a minute on the CI
+machine) comes from SLOW below or from a mark on the test; the summary of a run lists the tests that took
+longer than that without the mark.
+"""
+
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 # the repository (tests.support, demo) and the collection's module_utils, as the modules import them
 for path in (REPO, REPO / "collections"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 from tests.support.project import DemoProject  # noqa: E402
+
+UNIT_DIRS = {"unit"}
+INTEGRATION_DIRS = {"integration", "faults", "molecule", "support"}
+
+# Fixtures that reach a server on this machine or run real releases: a test asking for one is `integration`.
+SERVER_FIXTURES = {
+    "mysql_db", "pg_db",  # test_backup_set.py: a database on the local MariaDB / PostgreSQL
+    "real_database",      # test_demo_app.py: migrations against the local MariaDB and PostgreSQL
+    "demo_project",       # real releases through ansible-runner
+}
+# Tests under tests/unit that run Ansible without saying so in a fixture, until they move to tests/integration.
+RUNS_ANSIBLE = {
+    "tests/unit/test_backup_set.py::test_module_runs_under_ansible",  # the `ansible` command, three times
+}
+
+# Longer than a minute on the CI machine (2 CPUs, suite on 3 workers). A release of the demo app to localhost
+# takes 20-60 s there, so: molecule scenarios (five or more playbook runs each), SSH fleets, Docker Compose
+# stacks, long migrations, and tests with more than two releases or rollbacks. Node id prefixes.
+SLOW = (
+    "tests/molecule/",
+    "tests/integration/test_compose.py",
+    "tests/integration/test_many_hosts.py",
+    "tests/faults/test_remote.py",
+    "tests/faults/test_databases.py",
+    "tests/faults/test_interrupted_migration.py",
+    "tests/faults/test_rollback_data.py",
+    "tests/integration/test_release_local.py::test_release_upgrade_and_rollback",
+    "tests/integration/test_release_local.py::test_failed_verify_rolls_back_code_and_database",
+    "tests/faults/test_targets.py::test_five_rolled_back_releases_never_prune_the_rollback_target",
+    "tests/faults/test_one_owner.py::test_backups_never_push_out_the_set_a_rollback_needs",
+    "tests/faults/test_history.py::test_the_history_breaks_mid_release",
+    "tests/faults/test_recover.py::test_sigkill_mid_deploy_then_recover",
+)
+SLOW_SECONDS = 60
+
+
+def _place(item) -> str | None:
+    try:
+        return item.path.relative_to(TESTS).parts[0]
+    except ValueError:
+        return None
+
+
+def pytest_collection_modifyitems(config, items):
+    collected_files = {item.nodeid.split("::", 1)[0] for item in items}
+    matched = set()
+    for item in items:
+        place = _place(item)
+        if place in INTEGRATION_DIRS or SERVER_FIXTURES & set(item.fixturenames) or item.nodeid in RUNS_ANSIBLE:
+            item.add_marker(pytest.mark.integration)
+        elif place in UNIT_DIRS and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("unit") and item.get_closest_marker("integration"):
+            raise pytest.UsageError(f"{item.nodeid} is marked both unit and integration: it needs a server or "
+                                    "ansible-playbook (then it is not a unit test), or it does not")
+        if not (item.get_closest_marker("unit") or item.get_closest_marker("integration")):
+            raise pytest.UsageError(f"{item.nodeid} has neither the unit nor the integration marker: put it under "
+                                    "tests/unit or tests/integration (tests/conftest.py says how markers are given)")
+        for prefix in SLOW:
+            if item.nodeid.startswith(prefix):
+                matched.add(prefix)
+                item.add_marker(pytest.mark.slow)
+    stale = [p for p in SLOW if p not in matched and p.split("::", 1)[0] in collected_files]
+    if stale:
+        warnings.warn(f"tests/conftest.py SLOW names tests that do not exist (any more): {', '.join(stale)}",
+                      stacklevel=1)
+
+
+_durations: dict[str, list] = {}
+
+
+def pytest_runtest_logreport(report):
+    seconds, slow = _durations.get(report.nodeid, (0.0, False))
+    _durations[report.nodeid] = [seconds + report.duration, slow or "slow" in report.keywords]
+
+
+def pytest_terminal_summary(terminalreporter):
+    unmarked = sorted((s, n) for n, (s, slow) in _durations.items() if s > SLOW_SECONDS and not slow)
+    if unmarked:
+        terminalreporter.write_sep("-", f"over {SLOW_SECONDS} s but not marked slow (tests/conftest.py SLOW)")
+        for seconds, nodeid in reversed(unmarked):
+            terminalreporter.write_line(f"{seconds:7.1f}s {nodeid}")
 
 
 @pytest.fixture
