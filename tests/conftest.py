@@ -6,11 +6,9 @@ Where a test lives says what it needs:
     tests/integration/, tests/faults/,  integration: real ansible-runner runs, services, hosts or engines
     tests/molecule/, tests/support/
 
-A test under tests/unit that needs more is marked `integration` where it is (then it is not `unit`), or
-asks for one of SERVER_FIXTURES (a database on the machine's server, a real release), which marks it
-`integration` by itself; RUNS_ANSIBLE does the same by name. `slow` (longer than a minute on the CI
-machine) comes from SLOW below or from a mark on the test; the summary of a run lists the tests that took
-longer than that without the mark.
+A test under tests/unit that needs more is marked `integration` where it is (then it is not `unit`).
+`slow` (longer than a minute on the CI machine) comes from SLOW below or from a mark on the test; the
+summary of a run lists the tests that took longer than that without the mark.
 """
 
 import sys
@@ -30,17 +28,6 @@ from tests.support.project import DemoProject  # noqa: E402
 
 UNIT_DIRS = {"unit"}
 INTEGRATION_DIRS = {"integration", "faults", "molecule", "support"}
-
-# Fixtures that reach a server on this machine or run real releases: a test asking for one is `integration`.
-SERVER_FIXTURES = {
-    "mysql_db", "pg_db",  # test_backup_set.py: a database on the local MariaDB / PostgreSQL
-    "real_database",      # test_demo_app.py: migrations against the local MariaDB and PostgreSQL
-    "demo_project",       # real releases through ansible-runner
-}
-# Tests under tests/unit that run Ansible without saying so in a fixture, until they move to tests/integration.
-RUNS_ANSIBLE = {
-    "tests/unit/test_backup_set.py::test_module_runs_under_ansible",  # the `ansible` command, three times
-}
 
 # Longer than a minute on the CI machine (2 CPUs, suite on 3 workers). A release of the demo app to localhost
 # takes 20-60 s there, so: molecule scenarios (five or more playbook runs each), SSH fleets, Docker Compose
@@ -75,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
     matched = set()
     for item in items:
         place = _place(item)
-        if place in INTEGRATION_DIRS or SERVER_FIXTURES & set(item.fixturenames) or item.nodeid in RUNS_ANSIBLE:
+        if place in INTEGRATION_DIRS:
             item.add_marker(pytest.mark.integration)
         elif place in UNIT_DIRS and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.unit)

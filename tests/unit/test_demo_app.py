@@ -454,6 +454,7 @@ def real_database(request):
             _psql(f"DROP DATABASE IF EXISTS {name}")
 
 
+@pytest.mark.integration  # the machine's MariaDB and PostgreSQL
 def test_migrate_against_real_database(app_root, real_database):
     kind, url, password, query = real_database
     if password:

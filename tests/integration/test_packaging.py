@@ -15,9 +15,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULES = sorted(p.stem for p in (REPO / "collections/ansible_collections/deployctl/core/plugins/modules").glob("*.py")
                  if p.stem != "__init__")
-# Modules whose DOCUMENTATION ansible-doc cannot read yet (a ": " in an unquoted description line makes it a
-# mapping). The test fails when this list is wrong either way: take a module out once its documentation reads.
-UNREADABLE_DOCS = set()
 
 pytestmark = pytest.mark.integration
 
@@ -90,4 +87,4 @@ def test_ansible_doc_of_every_module_in_a_fresh_venv(wheel, tmp_path):
         site_packages = f"/site-packages/ansible_collections/deployctl/core/plugins/modules/{module}.py"
         if doc.returncode != 0 or site_packages not in doc.stdout:
             unreadable[module] = (doc.stderr or doc.stdout).strip()[:400]
-    assert set(unreadable) == UNREADABLE_DOCS, "\n".join(f"{m}: {e}" for m, e in sorted(unreadable.items()))
+    assert not unreadable, "\n".join(f"{m}: {e}" for m, e in sorted(unreadable.items()))
