@@ -810,10 +810,13 @@ class Pipeline:
             for deployment in self.history.recent(self.env.name, limit=50, outcome=RUNNING):
                 protect.update(filter(None, (deployment.details.get("backup_set"),
                                              deployment.details.get("safety_set"))))
-            for release in self.history.recent(self.env.name, limit=5, action="release", outcome="live"):
-                if release.details.get("backup_set"):
-                    protect.add(release.details["backup_set"])
+            # A rollback undoes every release since its target went live and restores the set taken before
+            # the oldest of them: with the live version released again, that is the first release of it.
+            releases = self.history.recent(self.env.name, limit=50, action="release", outcome="live")
+            for release in releases:
+                if release.version != releases[0].version:
                     break
+                protect.update(filter(None, [release.details.get("backup_set")]))
         except StateError:
             pass
         return sorted(protect)

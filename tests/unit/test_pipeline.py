@@ -371,6 +371,19 @@ def test_retention_protects_the_set_rollback_would_restore(make):
     assert runner.variables("backup")["deployctl_backup_protect"] == ["S1"]
 
 
+def test_releasing_the_live_version_again_keeps_the_set_rollback_restores(make):
+    """A rollback from v2 undoes both releases of v2 and restores the set taken before the first."""
+    pipeline, runner = make()
+    released(pipeline, runner, "v2")
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
+    runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "S2", "data": DATA_B}}}))
+    runner.answer("migrate", Answer(reports={"localhost": {"schema": {"before": "0002", "after": "0002"}}}))
+    assert pipeline.release("v2").exit_code == ExitCode.OK
+    runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "S3"}}}))
+    pipeline.backup()
+    assert runner.variables("backup")["deployctl_backup_protect"] == ["S1", "S2"]
+
+
 def test_history_ids_are_unique_within_a_second(tmp_path):
     history = History(tmp_path / "h.db")
     ids = {history.start("local", "verify", None).id for _ in range(20)}
