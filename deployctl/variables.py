@@ -1,6 +1,7 @@
 """The variables deployctl's playbooks and roles read. An inventory variable named `deployctl_...` that none
 of them reads is a typo (`deployctl_migrate_comand` would silently skip the migrations): preflight refuses
-it, naming the variable it probably meant."""
+it, naming the variable it probably meant. The same holds for the keys of `deployctl_database` (`hots:` would
+send the backups to the default host): they are known as `deployctl_database.<key>`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 from pathlib import Path
 
 NAME = re.compile(r"\bdeployctl_[a-z0-9_]+\b")
+DATABASE_KEY = re.compile(r"\bdeployctl_database\.[a-z_]+\b")
 
 
 @functools.cache
@@ -18,7 +20,8 @@ def known(content: Path) -> tuple[str, ...]:
     for folder in ("playbooks", "roles"):
         for path in (content / folder).rglob("*"):
             if path.suffix in (".yml", ".yaml", ".j2") and path.is_file():
-                names.update(NAME.findall(path.read_text(errors="replace")))
+                text = path.read_text(errors="replace")
+                names.update(NAME.findall(text), DATABASE_KEY.findall(text))
     return tuple(sorted(names))
 
 

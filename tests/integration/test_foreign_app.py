@@ -379,9 +379,6 @@ def test_typo_in_a_variable_name(trial):
     assert_settled(trial, "v2", "v1")
 
 
-@pytest.mark.xfail(strict=True, reason="deployctl bug: a misspelt key inside deployctl_database (hots: for host:) "
-                   "is ignored, so backup and restore silently use the default host; the unknown-variable check "
-                   "covers top-level names only")
 def test_typo_in_a_database_setting(trial):
     # v9 does not exist either, so nothing can go live whatever deployctl does with the typo
     with edited(trial.group_vars, "  host: 127.0.0.1", "  hots: 127.0.0.1"):

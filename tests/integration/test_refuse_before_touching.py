@@ -311,6 +311,24 @@ def test_a_typo_in_a_variable_name_is_refused_with_what_was_meant(live_v1):
                    "deployctl_migrate_comand (did you mean deployctl_migrate_command?)")
 
 
+def test_a_typo_in_a_database_setting_is_refused_with_what_was_meant(live_v1):
+    """`hots:` would have sent the backups and restores to the default host."""
+    live_v1.group_vars["deployctl_database"] = {**live_v1.group_vars["deployctl_database"], "hots": "127.0.0.1"}
+    live_v1.write()
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3,
+                   "deployctl_database.hots (did you mean deployctl_database.host?)")
+
+
+def test_an_archive_under_one_top_level_directory_is_refused_before_maintenance(live_v1, tmp_path):
+    """Unpacked as it is, bin/restart would be releases/v2/demo-v2/bin/restart: the app could not start."""
+    archive = live_v1.dist / "demo-v2.tar.gz"
+    unpacked = tmp_path / "demo-v2"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(unpacked)], check=True)
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(tmp_path), "demo-v2"], check=True)
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "has no bin/restart, bin/stop, bin/migrate at its root")
+
+
 def test_a_truncated_archive_is_refused_before_maintenance(live_v1):
     archive = live_v1.dist / "demo-v2.tar.gz"
     archive.write_bytes(archive.read_bytes()[:200])
