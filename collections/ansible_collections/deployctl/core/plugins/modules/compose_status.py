@@ -40,14 +40,14 @@ options:
     elements: str
     default: []
   wait: {description: Wait until the containers of O(services) in O(projects) are running and healthy., type: bool, default: false}
-  tag: {description: With O(wait), the image tag the containers must run., type: str}
+  tag: {description: "With O(wait), the image tag the containers must run.", type: str}
   running_only:
     description: With O(wait), judge only the running containers (stopped ones, like a drained zero-downtime slot, are left alone); each service still needs one.
     type: bool
     default: false
   timeout: {description: Seconds O(wait) may take., type: int, default: 120}
   interval: {description: Seconds between two looks., type: float, default: 1}
-  http_url: {description: With O(wait), a URL that must also answer O(http_status)., type: str}
+  http_url: {description: "With O(wait), a URL that must also answer O(http_status).", type: str}
   http_status: {description: Status O(http_url) must answer., type: int, default: 200}
   http_body: {description: Regular expression the body of O(http_url) must match., type: str}
   slot_file: {description: File holding the live zero-downtime slot; its content is returned as C(slot)., type: path}
@@ -69,7 +69,7 @@ EXAMPLES = r"""
 RETURN = r"""
 compose_command: {description: The compose command of the host (null when there is none)., type: list, returned: when detect}
 compose_version: {description: Version the compose command reports (null for docker-compose unless O(version))., type: str, returned: when detect}
-projects: {description: The project names as compose normalises them, in the order given., type: list, returned: always}
+projects: {description: "The project names as compose normalises them, in the order given.", type: list, returned: always}
 containers:
   description: >-
     One entry per container: project (as given), service, name, id, image, tag, state (created, running,
@@ -78,7 +78,7 @@ containers:
     (output of the last healthcheck).
   type: list
   returned: always
-images: {description: Tags of O(image) present on the host, sorted., type: list, returned: always}
+images: {description: "Tags of O(image) present on the host, sorted.", type: list, returned: always}
 waited: {description: Seconds spent waiting., type: float, returned: when wait}
 slot: {description: Content of O(slot_file) (null when it does not exist)., type: str, returned: when slot_file is given}
 """

@@ -52,7 +52,7 @@ EXAMPLES = r"""
 RETURN = r"""
 keys: {description: The variables in deployctl's block (never their values)., type: list, returned: always}
 created: {description: Whether the file was created., type: bool, returned: always}
-restored_from: {description: The saved block put back (C(restored)), null when none was saved., type: str, returned: always}
+restored_from: {description: "The saved block put back (C(restored)), null when none was saved.", type: str, returned: always}
 """
 
 import os

@@ -136,7 +136,7 @@ checks:
     threshold: {description: What the value was compared against., type: raw}
     message: {description: One line for humans., type: str}
     attempts: {description: Attempts made., type: int}
-    seconds: {description: Time the check took, all attempts included., type: float}
+    seconds: {description: "Time the check took, all attempts included.", type: float}
   sample:
     - {host: web1, check: health, type: http, status: pass, value: {status: 200, latency_ms: 3.2},
        threshold: {status: [200], body: null, latency_ms: null}, message: HTTP 200 in 3 ms, attempts: 1, seconds: 0.0}

@@ -17,7 +17,7 @@ options:
     choices: [acquired, released, broken, inspected]
     default: inspected
   token: {description: Secret-free random token of the holder., type: str}
-  holder: {description: Who takes the lock (deployment id, user, control node, pid)., type: dict, default: {}}
+  holder: {description: "Who takes the lock (deployment id, user, control node, pid).", type: dict, default: {}}
   adopt:
     description:
       - With C(state=acquired), take over a lock held by this deployment id (a deployment whose control

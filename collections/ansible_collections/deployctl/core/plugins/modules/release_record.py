@@ -20,7 +20,7 @@ description:
     C(deployctl recover) can finish it from the host's record when the control node died.
   - C(state=live) points C(<app_root>/current) at C(releases/<version>) with an atomic rename.
 options:
-  app_root: {description: Root of the app (holds releases/, shared/, current)., type: path, required: true}
+  app_root: {description: "Root of the app (holds releases/, shared/, current).", type: path, required: true}
   state:
     description:
       - C(read) reports the host's release state, the unfinished deployment, the lock holder, the maintenance
@@ -40,7 +40,7 @@ options:
     default: read
   version: {description: Release to prepare or make live., type: str}
   deployment_id: {description: Deployment that makes the change., type: str, default: ""}
-  action: {description: What the deployment is (release, rollback...), for C(begun)., type: str, default: ""}
+  action: {description: "What the deployment is (release, rollback...), for C(begun).", type: str, default: ""}
   outcome:
     description: How O(deployment_id) ended, for C(settled); C(abandoned) leaves its entries as they are.
     type: str
@@ -101,18 +101,18 @@ RETURN = r"""
 live: {description: Version C(current) points at (null when none); with C(link=false) the recorded one., type: str, returned: always}
 previous: {description: The release that went live before the live one (what a rollback goes to)., type: str, returned: always}
 releases: {description: Release directories present on the host., type: list, returned: always}
-history: {description: Versions in the order they were switched to (undone ones left out), newest last., type: list, returned: always}
-entries: {description: The last switches (version, deployment_id, at, status), newest last., type: list, returned: always}
-pending: {description: The deployment that began and has not settled (deployment_id, action, before, at), or null., type: dict, returned: always}
+history: {description: "Versions in the order they were switched to (undone ones left out), newest last.", type: list, returned: always}
+entries: {description: "The last switches (version, deployment_id, at, status), newest last.", type: list, returned: always}
+pending: {description: "The deployment that began and has not settled (deployment_id, action, before, at), or null.", type: dict, returned: always}
 complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
-undone: {description: The deployments whose entries C(rolled_back) undid, oldest first., type: list, returned: when state is rolled_back}
-lock: {description: Holder of the release lock, null when free., type: dict, returned: when state is read or begun}
+undone: {description: "The deployments whose entries C(rolled_back) undid, oldest first.", type: list, returned: when state is rolled_back}
+lock: {description: "Holder of the release lock, null when free.", type: dict, returned: when state is read or begun}
 maintenance: {description: Whether the maintenance flag is up., type: bool, returned: when state is read or begun}
 free_mb: {description: Free space where releases go., type: int, returned: when state is read or begun}
 missing_commands: {description: Required commands not found on the host., type: list, returned: when state is read or begun}
-not_writable: {description: The O(check_writable) directories nothing can be written into, with why., type: dict, returned: when state is read or begun}
-unfinished: {description: The deployment that did not finish on this host, when C(begun) fails because of it., type: dict, returned: on failure}
+not_writable: {description: "The O(check_writable) directories nothing can be written into, with why.", type: dict, returned: when state is read or begun}
+unfinished: {description: "The deployment that did not finish on this host, when C(begun) fails because of it.", type: dict, returned: on failure}
 """
 
 import os

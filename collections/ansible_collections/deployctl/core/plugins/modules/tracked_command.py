@@ -20,12 +20,12 @@ description:
   - Output is collected through files, not pipes, so a command that leaves a daemon behind (a restart)
     returns when it exits itself.
 options:
-  cmd: {description: Command line, split like a shell would but run without one., type: str}
+  cmd: {description: "Command line, split like a shell would but run without one.", type: str}
   argv: {description: The command as a list of arguments (instead of O(cmd))., type: list, elements: str}
   chdir: {description: Directory to run the command in., type: path}
   app_root: {description: Root of the app; the registry is C(<app_root>/.deployctl/processes)., type: path, required: true}
-  deployment_id: {description: Deployment the command belongs to, kept in the record., type: str, default: ""}
-  label: {description: What the command is for (migrate, restart, ...), kept in the record., type: str, default: command}
+  deployment_id: {description: "Deployment the command belongs to, kept in the record.", type: str, default: ""}
+  label: {description: "What the command is for (migrate, restart, ...), kept in the record.", type: str, default: command}
   timeout: {description: Seconds after which the whole group is killed and the task fails (0 for none)., type: int, default: 0}
   scrub:
     description: Secret values masked in the output returned (the command may print a password it was given).

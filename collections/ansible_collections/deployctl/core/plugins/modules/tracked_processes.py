@@ -34,9 +34,9 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-processes: {description: With C(state=listed), every recorded group (pid, label, program, alive pids)., type: list, returned: always}
-stopped: {description: Groups that were killed or had already ended (pid, label, program, was_running)., type: list, returned: always}
-survivors: {description: Groups still alive (pid, label, program, alive pids)., type: list, returned: always}
+processes: {description: "With C(state=listed), every recorded group (pid, label, program, alive pids).", type: list, returned: always}
+stopped: {description: "Groups that were killed or had already ended (pid, label, program, was_running).", type: list, returned: always}
+survivors: {description: "Groups still alive (pid, label, program, alive pids).", type: list, returned: always}
 """
 
 from ansible.module_utils.basic import AnsibleModule
