@@ -33,7 +33,7 @@ description:
   - "PostgreSQL: row counts and checksums are computed inside the very snapshot that C(pg_dump) dumps
     (C(pg_export_snapshot) + C(pg_dump --snapshot))."
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 options:
   state:
     description:

@@ -52,7 +52,7 @@ options:
   http_body: {description: Regular expression the body of O(http_url) must match., type: str}
   slot_file: {description: File holding the live zero-downtime slot; its content is returned as C(slot)., type: path}
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""

@@ -37,7 +37,7 @@ options:
     elements: path
     default: []
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""

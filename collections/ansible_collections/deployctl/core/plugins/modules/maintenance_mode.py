@@ -21,7 +21,8 @@ options:
     type: list
     elements: dict
     default: []
-author: deployctl maintainers
+author:
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""

@@ -20,7 +20,7 @@ description:
     running with the configuration it had.
   - In check mode nothing is written, tested or reloaded; the result says whether files would change.
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 options:
   files:
     description: The files to install.

@@ -30,7 +30,7 @@ description:
     Database passwords are passed in the client's environment (E(MYSQL_PWD), E(PGPASSWORD)), never on its
     command line, and never returned.
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 options:
   checks:
     description: The checks to run.

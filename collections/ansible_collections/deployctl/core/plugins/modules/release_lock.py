@@ -29,7 +29,8 @@ options:
     type: list
     elements: str
     default: []
-author: deployctl maintainers
+author:
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""

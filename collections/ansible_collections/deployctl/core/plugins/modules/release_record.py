@@ -71,7 +71,7 @@ options:
     type: bool
     default: true
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""

@@ -35,7 +35,7 @@ options:
 notes:
   - In check mode the command does not run (the task is skipped), unless the task sets C(check_mode) to V(false).
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""

@@ -22,7 +22,7 @@ options:
   deployment_id: {description: Only the commands of this deployment (all when empty)., type: str, default: ""}
   grace: {description: Seconds between SIGTERM and SIGKILL., type: float, default: 10}
 author:
-  - deployctl maintainers
+  - deployctl maintainers (@deployctl)
 """
 
 EXAMPLES = r"""
