@@ -129,7 +129,9 @@ from ansible_collections.deployctl.core.plugins.module_utils.files import (
 COMPLETE_MARKER = ".deployctl-complete"
 HISTORY_LIMIT = 100
 ENTRIES_REPORTED = 20
-LIVE, PENDING, UNDONE = "live", "pending", "undone"
+LIVE = "live"
+PENDING = "pending"
+UNDONE = "undone"
 
 
 class Record:
