@@ -14,13 +14,19 @@ description:
 options:
   app_root: {description: Root of the app (holds shared/ and current)., type: path, required: true}
   state: {description: Wanted state., type: str, choices: ["on", "off"], required: true}
-  message: {description: Shown to users while maintenance is on., type: str, default: ""}
+  page_message: {description: Shown to users while maintenance is on (the flag's C(message))., type: str, default: ""}
   until: {description: When maintenance is expected to end., type: str, default: ""}
   workers:
     description: Workers, each with C(name), C(status) (exit 0 when running), C(stop) and C(start) commands.
     type: list
     elements: dict
     default: []
+  deployment_id:
+    description:
+      - Deployment the worker commands belong to, kept in the record of the commands the module runs
+        (C(<app_root>/.deployctl/processes), see M(deployctl.core.tracked_processes)).
+    type: str
+    default: ""
 author:
   - deployctl maintainers (@deployctl)
 """
@@ -30,7 +36,7 @@ EXAMPLES = r"""
   deployctl.core.maintenance_mode:
     app_root: /srv/app
     state: "on"
-    message: Back in five minutes
+    page_message: Back in five minutes
     workers:
       - {name: jobs, status: bin/worker status, stop: bin/worker stop, start: bin/worker start}
 """
@@ -58,7 +64,7 @@ def main():
         argument_spec={
             "app_root": {"type": "path", "required": True},
             "state": {"type": "str", "required": True, "choices": ["on", "off"]},
-            "message": {"type": "str", "default": ""},
+            "page_message": {"type": "str", "default": ""},
             "until": {"type": "str", "default": ""},
             "workers": {"type": "list", "elements": "dict", "default": []},
             "deployment_id": {"type": "str", "default": ""},
@@ -75,7 +81,7 @@ def main():
     stopped, started = [], []
 
     if turning_on:
-        content = json.dumps({"message": params["message"], "until": params["until"]}, indent=2) + "\n"
+        content = json.dumps({"message": params["page_message"], "until": params["until"]}, indent=2) + "\n"
         try:
             with open(flag) as handle:
                 same = handle.read() == content
