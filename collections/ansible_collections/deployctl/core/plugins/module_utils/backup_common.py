@@ -44,8 +44,6 @@ class VerifyError(BackupError):
     """A set failed verification."""
 
 
-
-
 def megabytes(n):
     return "%.1f" % (n / 1048576.0)
 
@@ -84,7 +82,6 @@ def sha256_file(path):
     for chunk in file_chunks(path):
         h.update(chunk)
     return h.hexdigest()
-
 
 
 def tree_size(path):

@@ -42,7 +42,9 @@ options:
   wait: {description: Wait until the containers of O(services) in O(projects) are running and healthy., type: bool, default: false}
   tag: {description: "With O(wait), the image tag the containers must run.", type: str}
   running_only:
-    description: With O(wait), judge only the running containers (stopped ones, like a drained zero-downtime slot, are left alone); each service still needs one.
+    description:
+      - With O(wait), judge only the running containers (stopped ones, like a drained zero-downtime slot, are
+        left alone); each service still needs one.
     type: bool
     default: false
   timeout: {description: Seconds O(wait) may take., type: int, default: 120}
