@@ -445,25 +445,29 @@ def restore_set(params, check_mode=False):
     }
 
 
+def _dispatch(p, state, check_mode, hooks):
+    if state == "present":
+        return take_set(p, hooks=hooks, check_mode=check_mode)
+    if state == "restored":
+        return restore_set(p, check_mode=check_mode)
+    if state == "verified":
+        return verify_set(p, check_mode=check_mode)
+    if state == "inspected":
+        return inspect_live(p)
+    if state == "checked":
+        return check_ready(p)
+    if state == "listed":
+        normalize_params(p)
+        return {"changed": False, "sets": list_all_sets(os.path.abspath(p["backup_dir"]))}
+    raise BackupError(f"unknown state {state!r}")
+
+
 def run(params, check_mode=False, hooks=None):
     """Dispatch on ``state``; secrets are scrubbed from error messages."""
     p = dict(params)
     state = p.get("state") or "present"
     try:
-        if state == "present":
-            return take_set(p, hooks=hooks, check_mode=check_mode)
-        if state == "restored":
-            return restore_set(p, check_mode=check_mode)
-        if state == "verified":
-            return verify_set(p, check_mode=check_mode)
-        if state == "inspected":
-            return inspect_live(p)
-        if state == "checked":
-            return check_ready(p)
-        if state == "listed":
-            normalize_params(p)
-            return {"changed": False, "sets": list_all_sets(os.path.abspath(p["backup_dir"]))}
-        raise BackupError(f"unknown state {state!r}")
+        return _dispatch(p, state, check_mode, hooks)
     except BackupError as exc:
         error = exc
     except (OSError, sqlite3.Error, subprocess.SubprocessError, tarfile.TarError) as exc:
