@@ -271,7 +271,7 @@ class MysqlEngine(Engine):
             self.query(f"CREATE DATABASE {_my_ident(scratch)}; DROP DATABASE {_my_ident(scratch)};")
         except BackupError as exc:
             account = self.query("SELECT CURRENT_USER();")[0][0]
-            user, _, host = account.rpartition("@")
+            user, _at, host = account.rpartition("@")
             prefix = self.p["scratch_prefix"].replace("_", "\\_")
             raise BackupError(
                 f"{account} cannot create the scratch databases the backup verification restores into "

@@ -162,7 +162,7 @@ def _burst(check, timeout):
     """The burst's requests: a list of (status, milliseconds, error)."""
     opener = _opener(check)
 
-    def one(_):
+    def one(_index):
         status, _body, millis, error = _request(opener, check, timeout)
         return status, millis, error
 
@@ -187,9 +187,9 @@ def check_latency(check, timeout):
         return Outcome(False, None, threshold, problem)
     expected = check["status"] or [200]
     results = _burst(check, timeout)
-    millis = [m for _, m, _ in results]
+    millis = [ms for _status, ms, _error in results]
     value = {"p50_ms": _round(_percentile(millis, 50)), "p95_ms": _round(_percentile(millis, 95))}
-    bad = [(s, e) for s, _, e in results if e or s not in expected]
+    bad = [(s, e) for s, _ms, e in results if e or s not in expected]
     summary = f"p50 {value['p50_ms']:.0f} ms, p95 {value['p95_ms']:.0f} ms over {len(results)} requests"
     if bad:
         status, error = bad[0]
@@ -209,9 +209,9 @@ def check_error_rate(check, timeout):
         return Outcome(False, None, limit, problem)
     results = _burst(check, timeout)
     if check["status"]:
-        errors = [(s, e) for s, _, e in results if e or s not in check["status"]]
+        errors = [(s, e) for s, _ms, e in results if e or s not in check["status"]]
     else:
-        errors = [(s, e) for s, _, e in results if e or s >= 500]
+        errors = [(s, e) for s, _ms, e in results if e or s >= 500]
     rate = 100.0 * len(errors) / len(results)
     summary = f"{len(errors)} of {len(results)} requests to {check['url']} failed ({rate:.1f} %, limit {limit:g} %)"
     if rate >= limit:
@@ -354,15 +354,15 @@ def _asn1_time(tag, raw):
 
 def not_after(der):
     """The notAfter time of a DER certificate (Certificate > tbsCertificate > validity)."""
-    _, tbs_start, _ = _der(der, 0)
-    _, pos, _ = _der(der, tbs_start)
-    tag, _, end = _der(der, pos)
+    tbs_start = _der(der, 0)[1]
+    pos = _der(der, tbs_start)[1]
+    tag, _start, end = _der(der, pos)
     if tag == 0xA0:  # explicit version
         pos = end
-    for _ in range(3):  # serialNumber, signature, issuer
+    for _field in range(3):  # serialNumber, signature, issuer
         pos = _der(der, pos)[2]
-    _, validity, _ = _der(der, pos)
-    _, _, end = _der(der, validity)  # notBefore
+    validity = _der(der, pos)[1]
+    end = _der(der, validity)[2]  # notBefore
     tag, start, end = _der(der, end)
     return _asn1_time(tag, der[start:end])
 
@@ -418,7 +418,7 @@ def check_memory(check, timeout):
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
-                key, _, rest = line.partition(":")
+                key, _sep, rest = line.partition(":")
                 info[key] = int(rest.split()[0])
         total, available = info["MemTotal"], info["MemAvailable"]
     except (OSError, KeyError, ValueError, IndexError) as exc:

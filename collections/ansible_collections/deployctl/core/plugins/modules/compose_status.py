@@ -141,7 +141,7 @@ class Docker:
         return None, None
 
     def version(self, command):
-        rc, out, _ = self.module.run_command(command + ["version", "--short"])
+        rc, out, _err = self.module.run_command(command + ["version", "--short"])
         out = out.strip()
         return out.lstrip("v") if rc == 0 and re.match(r"^v?\d", out) else None
 
@@ -152,7 +152,7 @@ class Docker:
                                 "--format", f'{{{{.ID}}}} {{{{.Label "{PROJECT_LABEL}"}}}}')
         if rc != 0:
             self.module.fail_json(msg=f"docker ps failed: {err.strip() or out.strip()}")
-        ids = [cid for cid, _, project in (line.partition(" ") for line in out.splitlines()) if project in names]
+        ids = [cid for cid, _sep, project in (line.partition(" ") for line in out.splitlines()) if project in names]
         if not ids:
             return []
         # a container removed between ps and inspect makes inspect fail, yet it prints the others

@@ -99,15 +99,15 @@ def main():
     mode = int(params["mode"], 8) if isinstance(params["mode"], str) else int(params["mode"])
     wanted = [(f["path"], f["content"].encode()) for f in params["files"]]
     needs_reload = {f["path"] for f in params["files"] if f["reload"]}
-    found = {path: read_with_owner(path, new_mode=mode) for path, _ in wanted}
-    before = {path: found[path][0] for path, _ in wanted}
+    found = {path: read_with_owner(path, new_mode=mode) for path, _data in wanted}
+    before = {path: found[path][0] for path, _data in wanted}
 
     def write(path, data):
-        _, kept_mode, owner = found[path]
+        _current, kept_mode, owner = found[path]
         write_atomic(path, data, mode=kept_mode, owner=owner)
 
     changes = [(path, data) for path, data in wanted if before[path] != data]
-    changed_files = [path for path, _ in changes]
+    changed_files = [path for path, _data in changes]
     diff = [{"before_header": path, "after_header": path,
              "before": (before[path] or b"").decode("utf-8", "replace"), "after": data.decode("utf-8", "replace")}
             for path, data in changes]
@@ -115,7 +115,7 @@ def main():
         module.exit_json(changed=bool(changes), changed_files=changed_files, reloaded=False, diff=diff)
 
     def put_back():
-        for path, _ in changes:
+        for path, _data in changes:
             if before[path] is None:
                 if os.path.exists(path):
                     os.unlink(path)
