@@ -85,13 +85,14 @@ waited: {description: Seconds spent waiting., type: float, returned: when wait}
 slot: {description: Content of O(slot_file) (null when it does not exist)., type: str, returned: when slot_file is given}
 """
 
+import http.cookiejar
 import json
 import re
 import time
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -220,8 +221,12 @@ def judge(containers, services, tag, running_only=False):
 
 
 def http_problem(url, status, body, timeout):
+    # a plain GET as urllib's urlopen makes it: the environment's proxy settings, urllib's redirects, the
+    # certificates verified, no credentials from ~/.netrc, no cookies kept across redirects, the body as sent
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the configured check
+        with open_url(url, method="GET", timeout=timeout, use_proxy=True, follow_redirects="urllib2",
+                      validate_certs=True, use_netrc=False, decompress=False, cookies=no_cookies) as response:
             code, content = response.status, response.read()
     except urllib.error.HTTPError as exc:
         code, content = exc.code, b""
