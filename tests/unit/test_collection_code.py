@@ -17,6 +17,10 @@ OWN = "ansible_collections.deployctl.core.plugins.module_utils"
 # ansible-core's own module_utils travel with the module to the host; these are the ones the collection uses
 ANSIBLE_MODULE_UTILS = {"ansible.module_utils.basic", "ansible.module_utils.urls"}
 MAX_MODULE_LINES = 600
+# what an option or a return value may have (ansible-test validate-modules allows nothing else)
+OPTION_KEYS = {"description", "type", "required", "default", "choices", "elements", "aliases", "suboptions",
+               "no_log", "apply_defaults", "version_added"}
+RETURN_KEYS = {"description", "type", "returned", "sample", "contains", "elements", "version_added"}
 
 
 def _imports(path):
@@ -42,6 +46,14 @@ def test_modules_stay_small(path):
     assert lines <= MAX_MODULE_LINES, f"{path.name} has {lines} lines: move its parts into module_utils"
 
 
+def _stray_keys(entries, allowed, nested, where=""):
+    """Keys no option or return value has. In a {description: ..., type: ...} flow mapping a comma ends the
+    description, and the rest of the sentence becomes such keys."""
+    for name, entry in (entries or {}).items():
+        yield from (f"{where}{name}: {key!r}" for key in set(entry) - allowed)
+        yield from _stray_keys(entry.get(nested), allowed, nested, f"{where}{name}.")
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
 def test_documentation_parses(path):
     blocks = {node.targets[0].id: node.value.value for node in ast.parse(path.read_text()).body
@@ -55,8 +67,11 @@ def test_documentation_parses(path):
     for name, option in doc.get("options", {}).items():
         descriptions = option["description"] if isinstance(option["description"], list) else [option["description"]]
         assert all(isinstance(text, str) for text in descriptions), f"{path.name}: option {name}"
+    stray = list(_stray_keys(doc.get("options"), OPTION_KEYS, "suboptions"))
+    assert not stray, f"{path.name}: options with keys cut from their descriptions (quote them): {stray}"
     assert isinstance(yaml.safe_load(blocks["EXAMPLES"]), list)
-    yaml.safe_load(blocks["RETURN"])
+    stray = list(_stray_keys(yaml.safe_load(blocks["RETURN"]), RETURN_KEYS, "contains"))
+    assert not stray, f"{path.name}: return values with keys cut from their descriptions (quote them): {stray}"
 
 
 def test_no_module_utils_file_is_unused():
