@@ -16,15 +16,8 @@ from ansible_collections.deployctl.core.plugins.module_utils.backup_common impor
     check_credentials_file,
     which,
 )
-from ansible_collections.deployctl.core.plugins.module_utils.db_engines import (
-    Engine,
-    empty_objects,
-    sorted_objects,
-)
-from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams import (
-    pump,
-    run_with_stdin,
-)
+from ansible_collections.deployctl.core.plugins.module_utils.db_engines import Engine, empty_objects, sorted_objects
+from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams import pump, run_with_stdin
 
 
 def _my_ident(name):

@@ -26,11 +26,17 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Stop what a cancelled deployment started
+- name: Stop what a cancelled deployment started, and wait until it is gone
   deployctl.core.tracked_processes:
     app_root: /srv/app
-    state: stopped
     deployment_id: DEP-20261201-093000
+    state: stopped
+    grace: 10
+
+- name: List what runs for deployctl on the host
+  deployctl.core.tracked_processes:
+    app_root: /srv/app
+  register: deployctl_running
 """
 
 RETURN = r"""
