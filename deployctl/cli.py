@@ -263,7 +263,7 @@ def schedule_list(ctx: Context):
     rows = [[j["name"], j["scheduler"], j.get("every", "?"), j.get("environment", "?"),
              j.get("project_dir", "?"), j.get("log", "")] for j in jobs]
     ctx.output.result(jobs, table("Scheduled verifications", ["name", "scheduler", "every", "environment",
-                                                              "project", "log"], rows))
+                                                              "project", "log"], rows, shorten=("log",)))
 
 
 def main() -> None:

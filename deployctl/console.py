@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -85,10 +87,27 @@ def detach_dead_streams() -> None:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
-def table(title: str, columns: list[str], rows: list[list]) -> Table:
-    view = Table(title=title, title_justify="left")
-    for column in columns:
-        view.add_column(column)
-    for row in rows:
-        view.add_row(*("" if cell is None else str(cell) for cell in row))
+def table(title: str, columns: list[str], rows: list[list], whole: tuple[str, ...] = (),
+          shorten: tuple[str, ...] = ()) -> Table:
+    """A table that fits the terminal. The first column and the `whole` ones (ids, versions: what the next
+    command takes) are never cut or wrapped; the `shorten` ones (free text) stay on one line, cut with an
+    ellipsis (--json has all of it); the others wrap."""
+    cells = [["" if cell is None else " ".join(str(cell).split()) for cell in row] for row in rows]
+    longest = [max([len(column), *(len(row[index]) for row in cells)]) for index, column in enumerate(columns)]
+    # rich would squeeze the other columns to nothing for a long one-line cell: share out what is left
+    # (two characters between columns, none at the edges)
+    left = shutil.get_terminal_size().columns - 2 * (len(columns) - 1)
+    left -= sum(width for column, width in zip(columns, longest, strict=True) if column not in shorten)
+    share = max(12, left // max(1, sum(column in shorten for column in columns)))
+    view = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 collapse_padding=True)
+    for index, column in enumerate(columns):
+        if index == 0 or column in whole:
+            view.add_column(column, no_wrap=True, min_width=longest[index])
+        elif column in shorten:
+            view.add_column(column, no_wrap=True, overflow="ellipsis", max_width=share)
+        else:
+            view.add_column(column)
+    for row in cells:
+        view.add_row(*row)
     return view

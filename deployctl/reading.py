@@ -71,7 +71,9 @@ def status(pipeline: Pipeline) -> View:
     for dead in unfinished:
         summary += (f"\nUNFINISHED: {dead.id} {dead.action} {dead.version or ''} (started {dead.started_at} by "
                     f"{dead.user}): its deployctl is gone; run `deployctl recover`")
-    return View(data, table(f"{pipeline.env.name}", headers, rows), summary,
+    return View(data, table(f"{pipeline.env.name}", headers, rows, whole=("live", "previous", "locked by",
+                                                                          "unfinished"), shorten=("containers",)),
+                summary,
                 ExitCode.OK if gate(result) else ExitCode.COULD_NOT_RUN)
 
 
@@ -97,11 +99,11 @@ def history(project: Project, environment: str, limit: int) -> View:
     for deployment in deployments:
         if deployment.abandoned:
             deployment.outcome = "unfinished"
-    rows = [[d.id, d.action, d.version or "", d.user, d.started_at, d.outcome, d.details.get("message", "")]
-            for d in deployments]
+    # no "started" column: the id is the time it started (DEP-20261201-093000); --json has both
+    rows = [[d.id, d.action, d.version or "", d.user, d.outcome, d.details.get("message", "")] for d in deployments]
     return View([d.as_dict() for d in deployments],
-                table(f"History of {environment}", ["id", "action", "version", "user", "started", "outcome",
-                                                    "message"], rows))
+                table(f"History of {environment}", ["id", "action", "version", "user", "outcome", "message"], rows,
+                      whole=("version",), shorten=("message",)))
 
 
 def report(project: Project, deployment_id: str, fmt: str = "markdown") -> str:
@@ -125,7 +127,8 @@ def backups(pipeline: Pipeline) -> View:
     rows = [[s.get("set_id"), s.get("created_at"), s.get("purpose") or "", s.get("live_version"), s.get("size_bytes"),
              f"BROKEN: {s['broken']}" if s.get("broken") else ("yes" if s.get("verified") else "NO")] for s in sets]
     return View({"sets": sets}, table("Backup sets", ["id", "taken", "purpose", "live version", "bytes",
-                                                      "verified"], rows))
+                                                      "verified"], rows, whole=("live version",),
+                                      shorten=("verified",)))
 
 
 # ---------------------------------------------------------------- Prometheus textfile collector

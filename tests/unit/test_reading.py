@@ -1,12 +1,14 @@
 """The read commands' views: status, history, report, backups and verify's Prometheus metrics, from a
 history in a temporary directory and a scripted runner. No server, no ansible-playbook."""
 
+import io
 import json
 import os
 import socket
 import stat
 
 import pytest
+from rich.console import Console
 
 from deployctl import processes, reading
 from deployctl.console import Output
@@ -203,3 +205,36 @@ def test_a_metrics_file_that_cannot_be_written_is_reported_not_raised(pipeline, 
     target = tmp_path / "missing" / "deployctl.prom"
     assert reading.export_metrics(target, pipeline.history, outcome, "local", 1.0, 2.0, said.append) is False
     assert said and "could not write the metrics to" in said[0] and not target.exists()
+
+
+def rendered(view, width=80) -> list[str]:
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    console.print(view.table)
+    return console.file.getvalue().splitlines()
+
+
+def test_tables_fit_80_columns_and_never_cut_an_id(pipeline, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    history = pipeline.history
+    for n in range(3):
+        done = history.start("local", "release", f"v1.{n}.0-rc.{n}")
+        done.details["message"] = "verify failed on web1: health: HTTP 503 from http://127.0.0.1:8080/health " * 3
+        history.finish(done, "rolled-back", 4)
+    view = reading.history(pipeline.project, "local", limit=20)
+    lines = rendered(view)
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    for deployment in view.data:
+        assert any(deployment["id"] in line and deployment["version"] in line for line in lines), \
+            f"{deployment['id']} cut:\n" + "\n".join(lines)
+    assert sum("…" in line for line in lines) == 3, "each message on one line, shortened"
+    assert view.data[0]["details"]["message"].endswith("/health "), "--json keeps the whole message"
+
+
+def test_backup_set_ids_are_never_cut(pipeline, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    long_id = "20261201T093000Z-pre-release-DEP-20261201-093000-2"
+    pipeline.runner.answer("backups", Answer(reports={"web1": {"backups": [
+        {"set_id": long_id, "created_at": "2026-12-01T09:30:00.123456Z", "purpose": "pre-release",
+         "live_version": "v1.4.0", "size_bytes": 123456789, "verified": False, "broken": "x" * 200}]}}))
+    lines = rendered(reading.backups(pipeline))
+    assert all(len(line) <= 80 for line in lines) and any(long_id in line for line in lines), "\n".join(lines)
