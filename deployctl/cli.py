@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import click
@@ -34,6 +35,10 @@ class Context:
         self.env_name, self.project_dir, self.yes = env, project_dir, yes
         self.output = Output(as_json=as_json)
 
+    # the names of the global options, so that one given after the command can set them
+    env = property(lambda self: self.env_name, lambda self, value: setattr(self, "env_name", value))
+    as_json = property(lambda self: self.output.as_json, lambda self, value: setattr(self.output, "as_json", value))
+
     def pipeline(self, confirm: str | None = None, **options) -> Pipeline:
         project = projects.load(self.project_dir)
         environment = project.environment(self.env_name)
@@ -57,13 +62,53 @@ def _show(ctx: Context, view: reading.View) -> None:
     sys.exit(int(view.exit_code))
 
 
+def _versions() -> str:
+    found = []
+    for package in ("ansible-core", "ansible-runner"):
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return ", ".join(found)
+
+
+# Options every command takes, before the command or after it (`deployctl verify --json`), documented once.
+GLOBAL_OPTIONS = (
+    (("-e", "--env", "env"), {"default": "local", "show_default": True, "help": "Environment (an inventory)."}),
+    (("--project-dir",), {"type": click.Path(file_okay=False, path_type=Path),
+                          "help": "Project root (default: the nearest directory with a deployctl.yml)."}),
+    (("--json", "as_json"), {"is_flag": True, "help": "Machine-readable output."}),
+    (("-y", "--yes"), {"is_flag": True, "help": "Do not ask for confirmation on production environments."}),
+)
+
+
+def _global_options(command):
+    for declarations, options in reversed(GLOBAL_OPTIONS):
+        command = click.option(*declarations, **options)(command)
+    return command
+
+
+def _also_after_the_command(group: click.Group) -> None:
+    """Give every command of `group` the global options; one given there wins over the group's."""
+
+    def given_after(click_ctx, param, value):
+        if click_ctx.get_parameter_source(param.name) is not click.core.ParameterSource.DEFAULT:
+            setattr(click_ctx.find_object(Context), param.name, value)
+
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _also_after_the_command(command)
+            continue
+        for declarations, options in GLOBAL_OPTIONS:
+            options = {**options, "default": False if options.get("is_flag") else None}
+            options.pop("show_default", None)
+            command.params.append(click.Option(declarations, expose_value=False, callback=given_after, hidden=True,
+                                               **options))
+
+
 @click.group(epilog=EXIT_CODES_HELP)
-@click.version_option(__version__)
-@click.option("-e", "--env", "env", default="local", show_default=True, help="Environment (an inventory).")
-@click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Project root (default: the nearest directory with a deployctl.yml).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation on production environments.")
+@click.version_option(__version__, message=f"%(prog)s %(version)s ({_versions()})")
+@_global_options
 @click.pass_context
 def cli(click_ctx, env, project_dir, as_json, yes):
     """Gated, auditable releases: the production checklist as one command."""
@@ -264,6 +309,9 @@ def schedule_list(ctx: Context):
              j.get("project_dir", "?"), j.get("log", "")] for j in jobs]
     ctx.output.result(jobs, table("Scheduled verifications", ["name", "scheduler", "every", "environment",
                                                               "project", "log"], rows, shorten=("log",)))
+
+
+_also_after_the_command(cli)
 
 
 def main() -> None:
