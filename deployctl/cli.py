@@ -118,11 +118,21 @@ def cli(click_ctx, env, project_dir, as_json, yes):
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("version")
 @click.option("--no-rollback", is_flag=True, help="On failure, stop and leave the hosts as they are.")
+@click.option("--force", is_flag=True, help="Release VERSION again when it is already live (restarts it).")
 @click.pass_obj
-def release(ctx: Context, version, no_rollback):
+def release(ctx: Context, version, no_rollback, force):
     """Release VERSION: preflight, backup, maintenance on, deploy, migrate, verify, maintenance off."""
     projects.check_version(version)
-    _finish(ctx, ctx.pipeline(f"Release {version}", no_rollback=no_rollback).release(version))
+
+    def again(live: str) -> bool:
+        if force or ctx.yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        return click.confirm(f"{live} is already live on every host. Release it again (restart, new backup set)?",
+                             err=True)
+
+    _finish(ctx, ctx.pipeline(f"Release {version}", no_rollback=no_rollback).release(version, again))
 
 
 def data_options(command):

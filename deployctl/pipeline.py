@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import signal
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -127,8 +128,9 @@ class Pipeline:
 
     # ---------------------------------------------------------------- commands
 
-    def release(self, version: str) -> Outcome:
-        return self._command("release", version, lambda run: self._release(run, version), self._recover)
+    def release(self, version: str, again: Callable[[str], bool] = lambda version: False) -> Outcome:
+        """Release `version`; when it is already live on every host, only if `again(version)` says so."""
+        return self._command("release", version, lambda run: self._release(run, version, again), self._recover)
 
     def rollback(self, to: str | None = None, data: str = "auto") -> Outcome:
         """Go back to the release before the live one (or to `to`), with its data when that loses nothing."""
@@ -246,13 +248,16 @@ class Pipeline:
 
     # ---------------------------------------------------------------- command bodies
 
-    def _release(self, run: Run, version: str) -> Outcome:
+    def _release(self, run: Run, version: str, again: Callable[[str], bool]) -> Outcome:
         extra = {"deployctl_version": version, "deployctl_deploy_restart_always": True}
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
         if not gate(preflight):
             return self._preflight_refused(run, preflight, "preflight failed")
         self._note(run, before={h: s.get("live") for h, s in preflight.report("state").items()})
+        if run.details["before"] and set(run.details["before"].values()) == {version} and not again(version):
+            return self._stop_unchanged(run, f"{version} is already live on every host; release it again with "
+                                             "--force (that restarts it and takes a new backup set)")
         if self.env.backup:
             backup = self._backup(run, "pre-release")
             if not gate(backup):

@@ -358,9 +358,12 @@ def test_a_live_version_rebuilt_differently_is_refused(live_v1):
     assert "maintenance on" not in phase_names(refused) and live_v1.served_version() == "v2"
 
 
-def test_releasing_the_live_version_again_restarts_its_app(live_v1):
+def test_releasing_the_live_version_again_asks_then_restarts_its_app(live_v1):
+    refused = live_v1.run("release", "v1")
+    assert_refused(live_v1, refused, 3, "v1 is already live on every host; release it again with --force")
+    assert "backup" not in phase_names(refused), "no backup set taken: it would push older ones out"
     live_v1.stop()  # the app died
-    again = live_v1.run("release", "v1")
+    again = live_v1.run("release", "v1", "--force")
     assert again.code == 0, again
     assert live_v1.served_version() == "v1"
 

@@ -378,10 +378,20 @@ def test_releasing_the_live_version_again_keeps_the_set_rollback_restores(make):
     runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
     runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "S2", "data": DATA_B}}}))
     runner.answer("migrate", Answer(reports={"localhost": {"schema": {"before": "0002", "after": "0002"}}}))
-    assert pipeline.release("v2").exit_code == ExitCode.OK
+    assert pipeline.release("v2", again=lambda version: True).exit_code == ExitCode.OK
     runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "S3"}}}))
     pipeline.backup()
     assert runner.variables("backup")["deployctl_backup_protect"] == ["S1", "S2"]
+
+
+def test_releasing_the_live_version_again_asks_first(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
+    asked = []
+    outcome = pipeline.release("v2", again=lambda version: asked.append(version) or False)
+    assert asked == ["v2"] and outcome.exit_code == ExitCode.FAILED_UNCHANGED
+    assert "v2 is already live on every host" in outcome.message
+    assert runner.phases == ["lock", "preflight", "unlock"], "no backup, no maintenance"
 
 
 def test_history_ids_are_unique_within_a_second(tmp_path):
