@@ -1,9 +1,14 @@
-import pytest
+from pathlib import Path
 
-from deployctl import project
+import pytest
+import yaml
+
+from deployctl import project, variables
 from deployctl.errors import BadInput
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, text, inventory=True):
@@ -64,3 +69,13 @@ def test_good_versions(version):
 def test_bad_versions(version):
     with pytest.raises(BadInput):
         project.check_version(version)
+
+
+@pytest.mark.parametrize("inventory", sorted(p.name for p in (REPO / "inventory").iterdir() if p.is_dir()))
+def test_the_example_inventories_set_only_variables_deployctl_reads(inventory):
+    """Preflight refuses a deployctl_* variable no role reads: the examples (the demo's too) must pass it."""
+    names = set()
+    for path in (REPO / "inventory" / inventory).rglob("*.yml"):
+        names.update(k for k in (yaml.safe_load(path.read_text()) or {}) if str(k).startswith("deployctl_"))
+    assert names, f"inventory/{inventory} sets no deployctl variable"
+    assert sorted(names - set(variables.known(REPO))) == []
