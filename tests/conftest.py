@@ -91,6 +91,16 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
+    # here, not in tests/faults/conftest.py: under xdist only this conftest reaches the summary
+    faults = {}
+    for kind in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(kind, []):
+            nodeid = getattr(report, "nodeid", "")
+            if nodeid.startswith("tests/faults/") and getattr(report, "when", "call") == "call":
+                faults[nodeid] = kind
+    if faults:
+        survived = sum(1 for kind in faults.values() if kind == "passed")
+        terminalreporter.write_sep("-", f"faults tried: {len(faults)}, survived with nothing lost: {survived}")
     unmarked = sorted((s, n) for n, (s, slow) in _durations.items() if s > SLOW_SECONDS and not slow)
     if unmarked:
         terminalreporter.write_sep("-", f"over {SLOW_SECONDS} s but not marked slow (tests/conftest.py SLOW)")
