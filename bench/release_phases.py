@@ -5,14 +5,16 @@ A throwaway project (tests/support/project.py's DemoProject: its own app root, p
 state in a temporary directory) releases the bundled demo app through the real CLI
 (`deployctl --json release VERSION`), alternating two versions so that every run really switches the
 live release, restarts the app and its worker, migrates and verifies. Per phase it prints the median,
-min and max seconds (deployment.phases[].seconds of the JSON outcome), then the whole release's wall
-time (the CLI process, start to end) and the maintenance window (the phases from "maintenance on"
-through "maintenance off").
+median seconds (deployment.phases[].seconds of the JSON outcome), the whole release's wall time (the
+CLI process, start to end), the maintenance window (the phases from "maintenance on" through
+"maintenance off") and how many ansible-playbook processes each release started.
 
-It then releases the same project with plain `ansible-playbook -i INVENTORY playbooks/release.yml`
-(the same playbooks in one process, with no gate, history or lock token of deployctl's own), with the
-Ansible settings and forks deployctl uses, and prints the gating overhead: deployctl's median wall
-time over plain ansible-playbook's. The demo app is stopped and the project removed at the end.
+With --compare-ref, the deployctl of another git ref (an unpacked `git archive`, run as `python -m
+deployctl`) releases the same project too, printed side by side with this one. Then the same project
+is released with plain `ansible-playbook -i INVENTORY playbooks/release.yml` (the same playbooks in
+one process, with no gate, history or lock token of deployctl's own), with the Ansible settings and
+forks deployctl uses, and the gating overhead is printed: each deployctl's median wall time over
+plain ansible-playbook's. The demo app is stopped and the project removed at the end.
 
 Run with the project's virtualenv, on an otherwise idle machine:
 
@@ -23,14 +25,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchlib
 from benchlib import cli_release, maintenance_window, phases, plain_release, ratio, secs, summary, table
 
-from tests.support.project import DemoProject
+from tests.support.project import DEPLOYCTL, REPO, DemoProject
 
 VERSIONS = ("v1.0.0", "v1.0.1")
 
@@ -46,12 +50,68 @@ def parse_args() -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, metavar="N",
                         help="untimed releases before the timed ones (default: %(default)s, one per version)")
+    parser.add_argument("--compare-ref", metavar="GIT_REF",
+                        help="also time the deployctl of this git ref of the repository (e.g. main~3), in the same "
+                             "project, and print both side by side")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary project directory (its path is printed) instead of removing it")
     args = parser.parse_args()
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
     return args
+
+
+@dataclass
+class Measured:
+    """One deployctl's timed releases."""
+
+    label: str
+    walls: list[float] = field(default_factory=list)
+    phase_total: list[float] = field(default_factory=list)
+    windows: list[float] = field(default_factory=list)
+    per_phase: dict[str, list[float]] = field(default_factory=dict)
+    processes: list[int] = field(default_factory=list)  # ansible-playbook runs per release
+
+
+def ansible_runs(project, result) -> int:
+    """How many ansible-playbook processes the release started: ansible-runner makes one artifacts
+    directory per run, in the deployment's private data directory."""
+    ident = (result.data.get("deployment") or {}).get("id")
+    artifacts = project.root / ".deployctl" / "runs" / str(ident) / "artifacts"
+    return sum(1 for _ in artifacts.iterdir()) if artifacts.is_dir() else 0
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The tree of `ref` of this repository, unpacked (`python -m deployctl` runs from it)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def measure(project, label: str, runs: int, warmup: int, next_version) -> Measured:
+    measured = Measured(label)
+    for _ in range(warmup):
+        version = next_version()
+        seconds, result = cli_release(project, version)
+        benchlib.check_release(result, version)
+        print(f"  warm-up  {label} release {version}: {seconds:.2f} s", flush=True)
+    for run in range(1, runs + 1):
+        version = next_version()
+        seconds, result = cli_release(project, version)
+        benchlib.check_release(result, version)
+        ran = phases(result)
+        measured.walls.append(seconds)
+        measured.phase_total.append(sum(s for _, s in ran))
+        measured.processes.append(ansible_runs(project, result))
+        window = maintenance_window(ran)
+        if window is not None:
+            measured.windows.append(window)
+        for name, phase_seconds in ran:
+            measured.per_phase.setdefault(name, []).append(phase_seconds)
+        print(f"  run {run:>3}  {label} release {version}: {seconds:.2f} s (phases {measured.phase_total[-1]:.2f} s, "
+              f"maintenance window {secs(window)} s, {measured.processes[-1]} ansible-playbook run(s))", flush=True)
+    return measured
 
 
 def main() -> None:
@@ -72,30 +132,13 @@ def main() -> None:
             count += 1
             return VERSIONS[(count - 1) % len(VERSIONS)]
 
-        for _ in range(args.warmup):
-            version = next_version()
-            seconds, result = cli_release(project, version)
-            benchlib.check_release(result, version)
-            print(f"  warm-up  deployctl release {version}: {seconds:.2f} s", flush=True)
-
-        walls: list[float] = []
-        phase_total: list[float] = []
-        windows: list[float] = []
-        per_phase: dict[str, list[float]] = {}
-        for run in range(1, args.runs + 1):
-            version = next_version()
-            seconds, result = cli_release(project, version)
-            benchlib.check_release(result, version)
-            ran = phases(result)
-            walls.append(seconds)
-            phase_total.append(sum(s for _, s in ran))
-            window = maintenance_window(ran)
-            if window is not None:
-                windows.append(window)
-            for name, phase_seconds in ran:
-                per_phase.setdefault(name, []).append(phase_seconds)
-            print(f"  run {run:>3}  deployctl release {version}: {seconds:.2f} s "
-                  f"(phases {phase_total[-1]:.2f} s, maintenance window {secs(window)} s)", flush=True)
+        results = [measure(project, "deployctl", args.runs, args.warmup, next_version)]
+        if args.compare_ref:
+            tree = checkout(args.compare_ref, root / "ref")
+            project.command = [sys.executable, "-m", "deployctl"]
+            project.command_env = {"PYTHONPATH": str(tree)}
+            results.append(measure(project, f"deployctl@{args.compare_ref}", args.runs, args.warmup, next_version))
+            project.command, project.command_env = [DEPLOYCTL], {}
 
         plain: list[float] = []
         inventory = project.root / "inventory" / "local"
@@ -107,24 +150,28 @@ def main() -> None:
             plain.append(seconds)
             print(f"  run {run:>3}  ansible-playbook release.yml {version}: {seconds:.2f} s", flush=True)
 
+        def medians(values_of) -> list[str]:
+            return [f"{summary(values_of(m))[0]:.2f}" if values_of(m) else "-" for m in results]
+
         rows = []
-        for name, values in per_phase.items():
-            median, low, high = summary(values)
-            rows.append([name, f"{median:.2f}", f"{low:.2f}", f"{high:.2f}"])
-        rows.append(["(sum of phases)", *(f"{x:.2f}" for x in summary(phase_total))])
-        if windows:
-            rows.append(["maintenance window", *(f"{x:.2f}" for x in summary(windows))])
-        rows.append(["release wall time (deployctl)", *(f"{x:.2f}" for x in summary(walls))])
-        rows.append(["release wall time (ansible-playbook)", *(f"{x:.2f}" for x in summary(plain))])
+        for name in results[0].per_phase:
+            rows.append([name, *medians(lambda m, name=name: m.per_phase.get(name, []))])
+        rows.append(["(sum of phases)", *medians(lambda m: m.phase_total)])
+        rows.append(["maintenance window", *medians(lambda m: m.windows)])
+        rows.append(["release wall time", *medians(lambda m: m.walls)])
+        rows.append(["ansible-playbook runs per release", *medians(lambda m: [float(n) for n in m.processes])])
         print()
-        print(f"Release of the demo app to localhost, {args.runs} run(s) each, seconds")
+        print(f"Release of the demo app to localhost, {args.runs} run(s) each, median seconds")
         print()
-        print(table(["phase", "median", "min", "max"], rows))
+        print(table(["phase", *(m.label for m in results)], rows))
         print()
-        print(f"gating overhead (deployctl / plain ansible-playbook, medians): "
-              f"{ratio(summary(walls)[0], summary(plain)[0])}")
-        print(f"  deployctl {summary(walls)[0]:.2f} s = phases {summary(phase_total)[0]:.2f} s + "
-              f"CLI, gates and history {summary(walls)[0] - summary(phase_total)[0]:.2f} s")
+        baseline = summary(plain)[0]
+        print(f"plain ansible-playbook playbooks/release.yml (one process, no gates): {baseline:.2f} s")
+        for m in results:
+            wall = summary(m.walls)[0]
+            print(f"gating overhead of {m.label} (its release / plain ansible-playbook): {ratio(wall, baseline)}; "
+                  f"{wall:.2f} s = phases {summary(m.phase_total)[0]:.2f} s + CLI, gates and history "
+                  f"{wall - summary(m.phase_total)[0]:.2f} s")
     finally:
         if project is not None:
             project.stop()

@@ -23,7 +23,7 @@ from deployctl.history import RUNNING, Deployment, History
 from deployctl.notify import ANNOUNCED_ACTIONS, Notifier, finish_event, verification_event
 from deployctl.phases import PHASES, Phase
 from deployctl.project import Environment, Project
-from deployctl.runner import AnsibleRunner, PhaseResult, content_dir
+from deployctl.runner import AnsibleRunner, PhaseResult, Stream, content_dir
 
 # How a deployment's entries end in the hosts' records, by its outcome (deployctl.core.release_record).
 SETTLED = {"live": "live", "rolled-back": "undone", "interrupted": "undone", "recovered": "undone"}
@@ -83,6 +83,9 @@ class Run:
     checks: dict | None = None  # structured results of the first verify phase: {host: [check, ...]}
     settle: dict[str, str] = field(default_factory=dict)  # other deployments to settle on the hosts
     failure_output: dict[str, dict] = field(default_factory=dict)  # the failed phase's tasks and their output
+    plan: list[Phase] = field(default_factory=list)  # the phases the command means to run, when all goes well
+    stream: Stream | None = None  # the one ansible-playbook run of the plan, while it goes as planned
+    stream_vars: dict = field(default_factory=dict)  # the extra vars it was started with
 
     @property
     def details(self) -> dict:
@@ -250,6 +253,8 @@ class Pipeline:
 
     def _release(self, run: Run, version: str, again: Callable[[str], bool]) -> Outcome:
         extra = {"deployctl_version": version, "deployctl_deploy_restart_always": True}
+        run.plan = [Phase.LOCK, Phase.PREFLIGHT, *([Phase.BACKUP] if self.env.backup else []), Phase.MAINTENANCE_ON,
+                    Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY, Phase.DATA_STATE, Phase.MAINTENANCE_OFF, Phase.UNLOCK]
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
         if not gate(preflight):
@@ -657,6 +662,8 @@ class Pipeline:
                 return on_interrupt(run, "interrupted")
             except Refused as refusal:
                 return self._finish(run, refusal.code, refusal.outcome, refusal.message)
+            finally:
+                self._leave_plan(run)
 
     def _start(self, action: str, version: str | None, needs_history: bool = True) -> Run:
         token = uuid.uuid4().hex
@@ -727,11 +734,8 @@ class Pipeline:
         }
 
     def _phase(self, run: Run, phase: Phase, extra: dict, hosts: list[str] | None = None) -> PhaseResult:
-        spec = PHASES[phase]
         self.output.phase_started(phase)
-        result = self.runner.run(run.deployment.id, len(run.deployment.phases) + 1, phase.replace(" ", "-"),
-                                 spec.playbook, self._variables(run, {**spec.variables, **extra}),
-                                 limit=run.limit(hosts))
+        result = self._run_phase(run, phase, extra, run.limit(hosts))
         passed = gate(result)
         run.unreachable.update(result.unreachable)
         if result.output and not run.failure_output:
@@ -751,6 +755,38 @@ class Pipeline:
         if self.runner.cancel.is_set() and not self._recovering:
             raise Interrupted
         return result
+
+    def _run_phase(self, run: Run, phase: Phase, extra: dict, limit: str | None) -> PhaseResult:
+        """Run one phase: in the command's one ansible-playbook run while the command goes as planned, else in
+        a run of its own (recovery, retries, a phase on some hosts only).
+
+        The run of the plan starts with the plan's first phase and stops at the first phase that does not pass
+        or that the plan did not foresee: Ansible keeps a failed host out of every later play of a run, and
+        recovery must reach every host."""
+        name = phase.replace(" ", "-")
+        common = self._variables(run, {})
+        own = {**PHASES[phase].variables, **extra}
+        if run.stream is not None and not (run.stream.expects(name) and limit is None and common == run.stream_vars):
+            self._leave_plan(run)
+        if run.stream is None and run.plan and run.plan[0] is phase and limit is None:
+            run.stream = self.runner.stream(run.deployment.id, len(run.deployment.phases) + 1, run.deployment.action,
+                                            [(p.replace(" ", "-"), PHASES[p].playbook) for p in run.plan], common)
+            run.stream_vars = common
+        run.plan = []
+        if run.stream is None:
+            return self.runner.run(run.deployment.id, len(run.deployment.phases) + 1, name,
+                                   PHASES[phase].playbook, {**common, **own}, limit=limit)
+        result = run.stream.next(name, own)
+        if not gate(result):
+            self._leave_plan(run)
+        return result
+
+    def _leave_plan(self, run: Run) -> None:
+        """End the run of the plan where it waits; what follows runs phase by phase."""
+        if run.stream is not None:
+            run.stream.stop()
+            run.stream = None
+        run.plan = []
 
     def _lock(self, run: Run, adopt: str | None = None) -> None:
         """Take the environment's lock; raises Refused (nothing changed) when someone else holds it."""

@@ -25,6 +25,9 @@ def test_release_upgrade_and_rollback(demo_project):
     assert phases == ["lock", "preflight", "backup", "maintenance on", "deploy", "migrate", "verify",
                       "data state", "maintenance off", "unlock"]
     assert first.data["deployment"]["details"]["before"] == {"localhost": None}
+    # the whole release is one ansible-playbook run (ansible-runner makes one artifacts directory per run)
+    runs = project.root / ".deployctl" / "runs" / first.data["deployment"]["id"] / "artifacts"
+    assert sorted(p.name for p in runs.iterdir()) == ["01-release"]
 
     second = project.run("release", "v2")
     assert second.code == 0, second

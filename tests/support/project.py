@@ -100,6 +100,8 @@ class DemoProject:
             }
         }
         self.environment = {"inventory": "inventory/local", **(environment or {})}
+        self.command = [DEPLOYCTL]  # another deployctl (an older checkout, say) for benchmarks
+        self.command_env: dict[str, str] = {}
         self.write()
 
     def write(self) -> None:
@@ -114,9 +116,9 @@ class DemoProject:
         return build(version, self.dist, broken=broken, migrations=migrations)
 
     def run(self, *args: str, timeout: float = 600, env: dict | None = None, as_json: bool = True) -> Result:
-        proc = subprocess.run([DEPLOYCTL, "--project-dir", str(self.root), *(["--json"] if as_json else []), *args],
+        proc = subprocess.run([*self.command, "--project-dir", str(self.root), *(["--json"] if as_json else []), *args],
                               capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+                              env={**os.environ, **self.command_env, **(env or {})}, stdin=subprocess.DEVNULL)
         return Result(proc)
 
     def start(self, *args: str) -> subprocess.Popen:

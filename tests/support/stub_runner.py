@@ -43,6 +43,7 @@ class StubRunner:
         self.cancel = threading.Event()
         self.calls: list[Call] = []
         self.answers: dict[str, list[Answer | Callable[[dict], Answer]]] = {}
+        self.streams: list[list[str]] = []  # the phases of every one-process run started
 
     def answer(self, phase: str, *answers: Answer | Callable[[dict], Answer]) -> None:
         """Script the next runs of `phase` (its name as the history knows it, e.g. "maintenance on")."""
@@ -73,6 +74,10 @@ class StubRunner:
             answer = answer(extravars)
         return self._result(name, answer)
 
+    def stream(self, deployment_id, seq, name, phases, extravars) -> StubStream:
+        self.streams.append([phase for phase, _ in phases])
+        return StubStream(self, deployment_id, seq, phases, extravars)
+
     def read(self, playbook, extravars) -> PhaseResult:
         return self.run("read", 1, playbook.removesuffix(".yml"), playbook, extravars)
 
@@ -89,3 +94,27 @@ class StubRunner:
         rc = 2 if answer.failed else (4 if answer.unreachable else 0)
         return PhaseResult(name, status, rc, stats, dict(answer.failed), dict(answer.unreachable),
                            answer.reports, 0.1)
+
+
+class StubStream:
+    """Runner.stream's stand-in: the same calls, recorded one per phase, as if each phase had a run of its own."""
+
+    def __init__(self, runner: StubRunner, deployment_id, seq, phases, extravars):
+        self.runner, self.deployment_id, self.seq, self.extravars = runner, deployment_id, seq, extravars
+        self.phases = [phase for phase, _ in phases]
+        self.playbooks = dict(phases)
+        self.position = 0
+        self.stopped = False
+
+    def expects(self, phase: str) -> bool:
+        return not self.stopped and self.position < len(self.phases) and self.phases[self.position] == phase
+
+    def next(self, phase: str, variables: dict) -> PhaseResult:
+        assert self.expects(phase), f"the stream waits for {self.phases[self.position:]}, not {phase}"
+        self.position += 1
+        self.stopped = self.position == len(self.phases)
+        return self.runner.run(self.deployment_id, self.seq, phase, self.playbooks[phase],
+                               {**self.extravars, **variables})
+
+    def stop(self) -> None:
+        self.stopped = True
