@@ -16,7 +16,8 @@ def test_a_second_terminal_is_refused_during_a_release(demo_project):
     project.build("v2")
     assert project.run("release", "v1").code == 0
     sets_before = {s["set_id"] for s in project.run("backups").data["sets"]}
-    project.group_vars["deployctl_restart_command"] = "sh -c 'sleep 20; bin/restart'"
+    go_on = project.root / "restart-may-go-on"
+    project.group_vars["deployctl_restart_command"] = f"sh -c 'while [ ! -e {go_on} ]; do sleep 0.2; done; bin/restart'"
     project.write()
 
     release = project.start("release", "v2")
@@ -27,6 +28,7 @@ def test_a_second_terminal_is_refused_during_a_release(demo_project):
         assert refused.code == 6, (args, refused)
         assert release.poll() is None, "the release still runs"
     assert (project.app_root / "shared" / "maintenance.json").exists(), "maintenance stayed on"
+    go_on.touch()
 
     stdout, stderr = release.communicate(timeout=300)
     assert release.returncode == 0, stderr
