@@ -13,6 +13,7 @@ class Phase(StrEnum):
     PREFLIGHT = "preflight"
     STATE = "state"
     BACKUP = "backup"
+    STAGE = "stage"
     DATA_CHECK = "data check"
     MAINTENANCE_ON = "maintenance on"
     DEPLOY = "deploy"
@@ -39,6 +40,8 @@ PHASES: dict[Phase, PhaseSpec] = {
     # read-only: the hosts' records (and, when deployctl_begin, the deployment written ahead into them)
     Phase.STATE: PhaseSpec("state.yml"),
     Phase.BACKUP: PhaseSpec("backup.yml"),
+    # unpacks the release (or fetches its image) beside the live one, before maintenance
+    Phase.STAGE: PhaseSpec("stage.yml"),
     Phase.DATA_CHECK: PhaseSpec("data_state.yml"),
     Phase.MAINTENANCE_ON: PhaseSpec("maintenance.yml", {"deployctl_maintenance_state": "on"}),
     Phase.DEPLOY: PhaseSpec("deploy.yml"),

@@ -151,6 +151,7 @@ class Pipeline:
 
     def backup(self) -> Outcome:
         def body(run: Run) -> Outcome:
+            run.plan = [Phase.LOCK, Phase.STATE, Phase.BACKUP, Phase.UNLOCK]
             self._lock(run)
             state = self._phase(run, Phase.STATE, {})
             self._note(run, before={h: s.get("live") for h, s in state.report("state").items()})
@@ -253,8 +254,9 @@ class Pipeline:
 
     def _release(self, run: Run, version: str, again: Callable[[str], bool]) -> Outcome:
         extra = {"deployctl_version": version, "deployctl_deploy_restart_always": True}
-        run.plan = [Phase.LOCK, Phase.PREFLIGHT, *([Phase.BACKUP] if self.env.backup else []), Phase.MAINTENANCE_ON,
-                    Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY, Phase.DATA_STATE, Phase.MAINTENANCE_OFF, Phase.UNLOCK]
+        run.plan = [Phase.LOCK, Phase.PREFLIGHT, *([Phase.BACKUP] if self.env.backup else []), Phase.STAGE,
+                    Phase.MAINTENANCE_ON, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY, Phase.DATA_STATE,
+                    Phase.MAINTENANCE_OFF, Phase.UNLOCK]
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
         if not gate(preflight):
@@ -267,6 +269,9 @@ class Pipeline:
             backup = self._backup(run, "pre-release")
             if not gate(backup):
                 return self._stop_unchanged(run, f"backup failed: {backup.problem()}")
+        stage = self._phase(run, Phase.STAGE, extra)
+        if not gate(stage):
+            return self._stop_unchanged(run, f"stage failed: {stage.problem()}")
         self._touch(run)
         for phase in (Phase.MAINTENANCE_ON, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY):
             if phase is Phase.MIGRATE:
@@ -285,6 +290,8 @@ class Pipeline:
         return self._finish(run, ExitCode.OK, "live", f"{version} is live")
 
     def _rollback(self, run: Run, to: str | None, data: str) -> Outcome:
+        run.plan = [Phase.LOCK, Phase.STATE, Phase.DATA_CHECK, Phase.STOP_COMMANDS, Phase.MAINTENANCE_ON,
+                    Phase.ROLLBACK, Phase.VERIFY, Phase.DATA_STATE, Phase.MAINTENANCE_OFF, Phase.UNLOCK]
         self._lock(run)
         state = self._phase(run, Phase.STATE, {"deployctl_begin": True, "deployctl_preflight_validate": True})
         if not gate(state):
@@ -334,6 +341,8 @@ class Pipeline:
 
     def _restore(self, run: Run, set_id: str) -> Outcome:
         self._note(run, restored_set=set_id)
+        run.plan = [Phase.LOCK, Phase.PREFLIGHT, Phase.STOP_COMMANDS, Phase.BACKUP, Phase.MAINTENANCE_ON, Phase.RESTORE,
+                    Phase.VERIFY, Phase.DATA_STATE, Phase.MAINTENANCE_OFF, Phase.UNLOCK]
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {"deployctl_restore_set_id": set_id})
         if not gate(preflight):
@@ -481,7 +490,8 @@ class Pipeline:
 
     def _stop_commands(self, run: Run, ident: str, restoring: bool = True) -> Outcome | None:
         """Kill what `ident` started, here and on every host; an outcome when that cannot be confirmed."""
-        leftovers = processes.kill_marked(processes.RUN_ID) if ident == run.deployment.id else []
+        # what this deployctl's own Ansible left running; never the run of the plan, which waits at its gate
+        leftovers = processes.kill_marked(processes.RUN_ID) if ident == run.deployment.id and run.stream is None else []
         stop = self._phase(run, Phase.STOP_COMMANDS, {})
         survivors = {h: s for h, s in stop.report("survivors").items() if s}
         if leftovers:
@@ -735,6 +745,8 @@ class Pipeline:
 
     def _phase(self, run: Run, phase: Phase, extra: dict, hosts: list[str] | None = None) -> PhaseResult:
         self.output.phase_started(phase)
+        if hosts is not None and run.before and set(run.before) <= set(hosts):
+            hosts = None  # every host preflight found
         result = self._run_phase(run, phase, extra, run.limit(hosts))
         passed = gate(result)
         run.unreachable.update(result.unreachable)
@@ -760,9 +772,9 @@ class Pipeline:
         """Run one phase: in the command's one ansible-playbook run while the command goes as planned, else in
         a run of its own (recovery, retries, a phase on some hosts only).
 
-        The run of the plan starts with the plan's first phase and stops at the first phase that does not pass
-        or that the plan did not foresee: Ansible keeps a failed host out of every later play of a run, and
-        recovery must reach every host."""
+        The run of the plan starts with the plan's first phase; planned phases the command turns out not to
+        need are skipped. It stops at the first phase that does not pass or that the plan did not foresee:
+        Ansible keeps a failed host out of every later play of a run, and recovery must reach every host."""
         name = phase.replace(" ", "-")
         common = self._variables(run, {})
         own = {**PHASES[phase].variables, **extra}

@@ -280,12 +280,16 @@ class Stream:
         return not self._ended.is_set()
 
     def expects(self, phase: str) -> bool:
-        return self.running and self.position < len(self.phases) and self.phases[self.position] == phase
+        """Whether `phase` is still ahead in the run (the phases before it would be skipped)."""
+        return self.running and phase in self.phases[self.position:]
 
     def next(self, phase: str, variables: dict) -> PhaseResult:
-        """Open the gate of `phase` with its variables, and wait for the phase's result."""
+        """Skip the phases before `phase`, open its gate with its variables, and wait for its result."""
         if not self.expects(phase):
             raise ValueError(f"the run does not wait for {phase}")
+        while self.phases[self.position] != phase:
+            (self.answers / f"{self.position:02d}-{self.phases[self.position]}.skip").write_text("")
+            self.position += 1
         index = self.position
         target = self.answers / f"{index:02d}-{phase}.json"
         partial = target.with_suffix(".partial")
@@ -380,10 +384,11 @@ def _stream_playbook(phases: list[tuple[str, str]], answers: Path) -> str:
                                          "controller_pid": os.getpid()},
                  "register": "_deployctl_gate"},
                 {"name": "Take the phase's variables", "run_once": True, "no_log": True,
-                 "ansible.builtin.include_vars": {"file": "{{ _deployctl_gate.variables_file }}"}},
+                 "ansible.builtin.include_vars": {"file": "{{ _deployctl_gate.variables_file }}"},
+                 "when": "not _deployctl_gate.skip"},
             ],
         })
-        plays.append({"name": f"Phase {name}",
+        plays.append({"name": f"Phase {name}", "when": "not _deployctl_gate.skip",
                       "ansible.builtin.import_playbook": str(content_dir() / "playbooks" / playbook)})
     return json.dumps(plays, indent=1)
 

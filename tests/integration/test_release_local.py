@@ -22,7 +22,7 @@ def test_release_upgrade_and_rollback(demo_project):
     assert project.running("worker"), "maintenance off starts the workers again"
     assert not (project.app_root / "shared" / "maintenance.json").exists()
     phases = [p["name"] for p in first.data["deployment"]["phases"]]
-    assert phases == ["lock", "preflight", "backup", "maintenance on", "deploy", "migrate", "verify",
+    assert phases == ["lock", "preflight", "backup", "stage", "maintenance on", "deploy", "migrate", "verify",
                       "data state", "maintenance off", "unlock"]
     assert first.data["deployment"]["details"]["before"] == {"localhost": None}
     # the whole release is one ansible-playbook run (ansible-runner makes one artifacts directory per run)

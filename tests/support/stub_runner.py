@@ -44,6 +44,7 @@ class StubRunner:
         self.calls: list[Call] = []
         self.answers: dict[str, list[Answer | Callable[[dict], Answer]]] = {}
         self.streams: list[list[str]] = []  # the phases of every one-process run started
+        self.streamed: list[str] = []  # the phases that ran in one of them
 
     def answer(self, phase: str, *answers: Answer | Callable[[dict], Answer]) -> None:
         """Script the next runs of `phase` (its name as the history knows it, e.g. "maintenance on")."""
@@ -107,11 +108,12 @@ class StubStream:
         self.stopped = False
 
     def expects(self, phase: str) -> bool:
-        return not self.stopped and self.position < len(self.phases) and self.phases[self.position] == phase
+        return not self.stopped and phase in self.phases[self.position:]
 
     def next(self, phase: str, variables: dict) -> PhaseResult:
         assert self.expects(phase), f"the stream waits for {self.phases[self.position:]}, not {phase}"
-        self.position += 1
+        self.position = self.phases.index(phase, self.position) + 1
+        self.runner.streamed.append(phase.replace("-", " "))
         self.stopped = self.position == len(self.phases)
         return self.runner.run(self.deployment_id, self.seq, phase, self.playbooks[phase],
                                {**self.extravars, **variables})

@@ -18,7 +18,7 @@ from tests.support.stub_runner import Answer, StubRunner
 
 pytestmark = pytest.mark.unit
 
-RELEASE = ["lock", "preflight", "backup", "maintenance on", "deploy", "migrate", "verify", "data state",
+RELEASE = ["lock", "preflight", "backup", "stage", "maintenance on", "deploy", "migrate", "verify", "data state",
            "maintenance off", "unlock"]
 DATA_A = {"tables": {"items": {"rows": 2, "digest": "a"}}, "objects": {}}
 DATA_B = {"tables": {"items": {"rows": 3, "digest": "b"}}, "objects": {}}
@@ -94,7 +94,7 @@ def test_deploy_failure_stops_commands_then_rolls_back_code_only(make):
     runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
     outcome = pipeline.release("v2")
     assert outcome.exit_code == ExitCode.ROLLED_BACK
-    assert runner.phases[4:] == ["deploy", "stop commands", "rollback", "verify", "data state", "maintenance off",
+    assert runner.phases[5:] == ["deploy", "stop commands", "rollback", "verify", "data state", "maintenance off",
                                  "unlock"]
     rollback = runner.variables("rollback")
     assert rollback["deployctl_rollback_targets"] == {"localhost": "v1"}
@@ -172,6 +172,47 @@ def sets_on_the_db_host(runner, *set_ids, broken=()):
         for s in set_ids]}}))
 
 
+def test_a_release_that_goes_well_is_one_ansible_run(make):
+    pipeline, runner = make()
+    release_answers(runner)
+    assert pipeline.release("v2").exit_code == ExitCode.OK
+    assert runner.streams == [[p.replace(" ", "-") for p in RELEASE]] and runner.streamed == RELEASE
+
+
+def test_a_failed_phase_ends_the_run_and_recovery_runs_phase_by_phase(make):
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
+    assert pipeline.release("v2").exit_code == ExitCode.ROLLED_BACK
+    assert len(runner.streams) == 1 and runner.streamed == RELEASE[:6]
+    assert runner.phases[6:] == ["stop commands", "rollback", "verify", "data state", "maintenance off", "unlock"]
+
+
+def test_a_refusal_after_preflight_skips_to_the_unlock_in_the_same_run(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2")}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "already live" in outcome.message
+    assert runner.streamed == ["lock", "preflight", "unlock"] and len(runner.streams) == 1
+
+
+def test_a_phase_that_fails_ends_the_run_and_what_follows_runs_on_its_own(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(failed={"localhost": "artifact missing"}))
+    assert pipeline.release("v2").exit_code == ExitCode.FAILED_UNCHANGED
+    assert runner.streamed == ["lock", "preflight"] and runner.phases == ["lock", "preflight", "unlock"]
+
+
+def test_phases_a_rollback_does_not_need_are_skipped_in_its_run(make):
+    pipeline, runner = make()
+    ident = released(pipeline, runner)
+    rollback_state(runner, ident)
+    runner.streamed.clear()
+    assert pipeline.rollback(data="keep").exit_code == ExitCode.OK
+    assert runner.streamed == ["lock", "state", "maintenance on", "rollback", "verify", "data state",
+                               "maintenance off", "unlock"]
+
+
 def test_rollback_restores_when_nothing_was_written_since(make):
     pipeline, runner = make()
     ident = released(pipeline, runner)
@@ -182,6 +223,7 @@ def test_rollback_restores_when_nothing_was_written_since(make):
     assert runner.phases == ["lock", "state", "backups", "data check", "stop commands", "maintenance on", "rollback",
                              "verify", "data state", "maintenance off", "unlock"]
     assert runner.variables("rollback")["deployctl_restore_set_id"] == "S1"
+    assert runner.streams[-1][:3] == ["lock", "state", "data-check"] and "backups" not in runner.streamed
 
 
 def test_rollback_refuses_when_users_wrote_since(make):

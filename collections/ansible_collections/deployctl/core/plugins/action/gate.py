@@ -4,7 +4,8 @@ deployctl runs a release as one playbook (one process) and still decides after e
 next one may start. Before each phase a gate play runs this action on the controller: it waits until
 deployctl has read the previous phase's results from the event stream and written its answer, a file in
 the run's private directory: `<index>-<phase>.json` (go, with the variables of the phase, which the next
-task includes) or `<index>-<phase>.stop` (stop here: the task fails for every host and the run ends).
+task includes), `<index>-<phase>.skip` (the command does not need this phase after all: its tasks are
+skipped) or `<index>-<phase>.stop` (stop here: the task fails for every host and the run ends).
 
 It never touches a host. If the control node's deployctl process is gone, nobody will answer: the run
 stops at the boundary instead of going on unsupervised.
@@ -40,7 +41,10 @@ class ActionModule(ActionBase):
                 result.update(failed=True, msg=f"deployctl stopped the run before {args['phase']}")
                 return result
             if os.path.exists(base + ".json"):
-                result.update(changed=False, variables_file=base + ".json")
+                result.update(changed=False, skip=False, variables_file=base + ".json")
+                return result
+            if os.path.exists(base + ".skip"):
+                result.update(changed=False, skip=True)
                 return result
             now = time.monotonic()
             if now - checked > 1:
