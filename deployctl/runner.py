@@ -1,8 +1,9 @@
-"""Running one phase playbook with ansible-runner, and reading what happened.
+"""Running Ansible with ansible-runner, and reading what happened: one phase playbook in a run of its own
+(`AnsibleRunner.run`), or a command's phases as the plays of one run with a gate before each (`Stream`).
 
 This is the only module that talks to ansible-runner. It owns the private data directory of every run,
-keeps secrets out of what a run leaves on disk, and turns the run into a `PhaseResult` that the
-pipeline's gate can judge.
+keeps secrets out of what a run leaves on disk, and turns each phase's events into a `PhaseResult` that
+the pipeline's gate can judge.
 """
 
 from __future__ import annotations
