@@ -20,10 +20,6 @@ options:
   index: {description: Position of the phase in the run., type: int, required: true}
   phase: {description: Name of the phase (as the file names spell it)., type: str, required: true}
   controller_pid: {description: Process id of the deployctl that waits for the run's events., type: int, required: true}
-attributes:
-  check_mode: {support: full, description: It only waits and reads.}
-  diff_mode: {support: none, description: Nothing to show.}
-  platform: {platforms: all, description: Runs on the controller.}
 author:
   - deployctl maintainers (@deployctl)
 """
