@@ -32,7 +32,8 @@ import yaml
 
 from tests.support.project import free_port, http_get
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# one operator's trial, test after test on the same environment: one worker runs them all, in order
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("foreign-app")]
 
 APP = Path(__file__).resolve().parent / "foreign_app"
 BIN = Path(sys.executable).parent
