@@ -254,13 +254,20 @@ class Pipeline:
 
     def _release(self, run: Run, version: str, again: Callable[[str], bool]) -> Outcome:
         extra = {"deployctl_version": version, "deployctl_deploy_restart_always": True}
+        # the migrations run before the switch or after the restart (deployctl_migrate_order, which preflight
+        # reports): the one run of the plan has a place for both, and skips the other
         run.plan = [Phase.LOCK, Phase.PREFLIGHT, *([Phase.BACKUP] if self.env.backup else []), Phase.STAGE,
-                    Phase.MAINTENANCE_ON, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY, Phase.DATA_STATE,
-                    Phase.MAINTENANCE_OFF, Phase.UNLOCK]
+                    Phase.MAINTENANCE_ON, Phase.MIGRATE, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY,
+                    Phase.DATA_STATE, Phase.MAINTENANCE_OFF, Phase.UNLOCK]
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
         if not gate(preflight):
             return self._preflight_refused(run, preflight, "preflight failed")
+        orders = set(preflight.report("migrate_order").values()) or {"before_switch"}
+        if len(orders) > 1:
+            return self._stop_unchanged(run, "preflight failed: the hosts set different deployctl_migrate_order "
+                                             f"values ({', '.join(sorted(orders))}); set one for the environment")
+        window = ((Phase.MIGRATE, Phase.DEPLOY) if orders == {"before_switch"} else (Phase.DEPLOY, Phase.MIGRATE))
         self._note(run, before={h: s.get("live") for h, s in preflight.report("state").items()})
         if run.details["before"] and set(run.details["before"].values()) == {version} and not again(version):
             return self._stop_unchanged(run, f"{version} is already live on every host; release it again with "
@@ -273,12 +280,16 @@ class Pipeline:
         if not gate(stage):
             return self._stop_unchanged(run, f"stage failed: {stage.problem()}")
         self._touch(run)
-        for phase in (Phase.MAINTENANCE_ON, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY):
+        for phase in (Phase.MAINTENANCE_ON, *window, Phase.VERIFY):
             if phase is Phase.MIGRATE:
                 self._note(run, migrate_started=True)
             result = self._phase(run, phase, extra)
             if phase is Phase.MIGRATE:
-                self._note(run, schema=result.report("schema"))
+                schema = result.report("schema")
+                # no migration command ran (none configured): this release leaves the data alone
+                ran = not gate(result) or not schema or any(s.get("ran", True) for s in schema.values())
+                self._note(run, schema={h: {k: v for k, v in s.items() if k != "ran"} for h, s in schema.items()},
+                           migrate_started=ran)
             if not gate(result):
                 return self._recover(run, f"{phase} failed: {result.problem()}")
         self._record_data_state(run)

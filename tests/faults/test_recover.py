@@ -6,7 +6,15 @@ import os
 import signal
 import subprocess
 
-from tests.support.faults import SETTLED, kill_tree, processes_matching, settled, sqlite_state, wait_for
+from tests.support.faults import (
+    SETTLED,
+    kill_tree,
+    long_migration,
+    processes_matching,
+    settled,
+    sqlite_state,
+    wait_for,
+)
 from tests.support.project import DEPLOYCTL
 
 
@@ -162,28 +170,29 @@ def test_unlock_refuses_while_a_dead_deployctls_ansible_still_runs(demo_project)
 
 def test_a_dead_deployctls_release_goes_no_further_than_the_phase_it_was_in(demo_project):
     """The release is one Ansible run that waits for deployctl at every phase boundary: with deployctl
-    gone, it ends the phase it is in (the restart) and stops there, before the migration."""
+    gone, it ends the phase it is in (the migration, which ends by deleting every item) and stops there,
+    before the switch: the new code never goes live."""
     project = demo_project()
     project.build("v1")
     project.build("v2", migrations=["add_price:ALTER TABLE items ADD COLUMN price INTEGER"])
     assert project.run("release", "v1").code == 0
-    before = sqlite_state(project.app_root / "shared" / "data" / "demo.db")
-    project.group_vars["deployctl_restart_command"] = "sh -c 'sleep 8; bin/restart'"
-    project.write()
+    project.sqlite("INSERT INTO items (id, name) VALUES (10, 'written by a user')")
+    database = project.app_root / "shared" / "data" / "demo.db"
+    before = sqlite_state(database)
+    marker = long_migration(project, 4)
     proc = start_detached(project, "release", "v2")
-    registry = project.app_root / ".deployctl" / "processes"
-    wait_for(lambda: "restart" in recorded_labels(registry), what="the restart to start")
+    wait_for(marker.exists, what="the migration to start")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     runs = str(project.root / ".deployctl" / "runs")
     wait_for(lambda: not processes_matching(runs), timeout=120, what="the dead deployctl's Ansible run to end")
-    assert project.live() == "v2"
-    assert sqlite_state(project.app_root / "shared" / "data" / "demo.db") == before, "the migration never ran"
+    assert sqlite_state(database) != before, "the migration finished"
+    assert project.live() == "v1", "the run stopped before the switch"
 
-    project.group_vars["deployctl_restart_command"] = "bin/restart"
+    project.group_vars["deployctl_migrate_command"] = "bin/migrate"
     project.write()
     recovered = project.run("recover")
     assert recovered.code == 0, recovered
     assert project.live() == "v1" and project.served_version() == "v1"
-    assert sqlite_state(project.app_root / "shared" / "data" / "demo.db") == before
+    assert sqlite_state(database) == before
     assert settled(project.app_root) == SETTLED

@@ -323,6 +323,14 @@ def test_release_unhealthy_release_and_rollback(compose_project):
     assert missing.code == 3, missing
     assert f"image {project.name}:v9 is not on localhost" in missing.data["message"]
     assert project.containers() == [], "preflight fails before anything changes"
+    # exec mode migrates in the running container: before the switch that is the old release
+    project.group_vars["deployctl_compose_migrate_mode"] = "exec"
+    project.write()
+    wrong_order = project.run("release", "v1")
+    assert wrong_order.code == 3 and "deployctl_migrate_order: after_restart" in wrong_order.data["message"]
+    assert project.containers() == []
+    del project.group_vars["deployctl_compose_migrate_mode"]
+    project.write()
 
     first = project.run("release", "v1")
     assert first.code == 0, first
@@ -456,6 +464,7 @@ def test_zero_downtime_release_and_rollback_fail_no_request(compose_project, tmp
             deployctl_compose_nginx_reload_command=[*nginx.base, "-s", "reload"],
             deployctl_compose_drain_seconds=2,
             deployctl_compose_migrate_mode="exec",
+            deployctl_migrate_order="after_restart",
             deployctl_verify_checks=[{"name": "version", "type": "http", "url": nginx.url("/version")}],
         )
         project.build("v1")

@@ -1,6 +1,7 @@
 """Releases of the demo app to localhost through the real CLI, playbooks and ansible-runner."""
 
 import json
+import os
 import signal
 import time
 
@@ -22,7 +23,7 @@ def test_release_upgrade_and_rollback(demo_project):
     assert project.running("worker"), "maintenance off starts the workers again"
     assert not (project.app_root / "shared" / "maintenance.json").exists()
     phases = [p["name"] for p in first.data["deployment"]["phases"]]
-    assert phases == ["lock", "preflight", "backup", "stage", "maintenance on", "deploy", "migrate", "verify",
+    assert phases == ["lock", "preflight", "backup", "stage", "maintenance on", "migrate", "deploy", "verify",
                       "data state", "maintenance off", "unlock"]
     assert first.data["deployment"]["details"]["before"] == {"localhost": None}
     # the whole release is one ansible-playbook run (ansible-runner makes one artifacts directory per run)
@@ -35,6 +36,8 @@ def test_release_upgrade_and_rollback(demo_project):
     assert "price" in [row[1] for row in project.sqlite("PRAGMA table_info(items)")]
     assert second.data["deployment"]["details"]["schema"]["localhost"] == {
         "before": "0001_create_items", "after": "0002_add_price"}
+    # v2 migrated from its staged directory with a copy of .env; the switch put the shared one in its place
+    assert os.readlink(project.app_root / "releases" / "v2" / ".env") == str(project.app_root / "shared" / ".env")
 
     status = project.run("status")
     assert status.code == 0, status

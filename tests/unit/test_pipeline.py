@@ -18,8 +18,10 @@ from tests.support.stub_runner import Answer, StubRunner
 
 pytestmark = pytest.mark.unit
 
-RELEASE = ["lock", "preflight", "backup", "stage", "maintenance on", "deploy", "migrate", "verify", "data state",
+RELEASE = ["lock", "preflight", "backup", "stage", "maintenance on", "migrate", "deploy", "verify", "data state",
            "maintenance off", "unlock"]
+# the one run's plays: a place for the migrations before the switch and after the restart
+PLAN = [*RELEASE[:7], "migrate", *RELEASE[7:]]
 DATA_A = {"tables": {"items": {"rows": 2, "digest": "a"}}, "objects": {}}
 DATA_B = {"tables": {"items": {"rows": 3, "digest": "b"}}, "objects": {}}
 DEAD_PROCESS = {"control_node": socket.gethostname(), "pid": 999999999, "start_ticks": 1, "run_id": "x"}
@@ -88,17 +90,41 @@ def test_an_unfinished_deployment_on_the_hosts_refuses_with_exit_6(make):
     assert outcome.exit_code == ExitCode.LOCKED and "DEP-OLD" in outcome.message and "recover" in outcome.message
 
 
-def test_deploy_failure_stops_commands_then_rolls_back_code_only(make):
+def test_deploy_failure_after_the_migrations_rolls_back_code_and_data(make):
     pipeline, runner = make()
     release_answers(runner)
     runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
     outcome = pipeline.release("v2")
-    assert outcome.exit_code == ExitCode.ROLLED_BACK
-    assert runner.phases[5:] == ["deploy", "stop commands", "rollback", "verify", "data state", "maintenance off",
+    assert outcome.exit_code == ExitCode.ROLLED_BACK and "database restored from S1" in outcome.message
+    assert runner.phases[6:] == ["deploy", "stop commands", "rollback", "verify", "data state", "maintenance off",
                                  "unlock"]
     rollback = runner.variables("rollback")
     assert rollback["deployctl_rollback_targets"] == {"localhost": "v1"}
-    assert rollback["deployctl_restore_set_id"] == "", "migrate never started: the data stays"
+    assert rollback["deployctl_restore_set_id"] == "S1"
+
+
+def test_deploy_failure_without_migrations_rolls_back_code_only(make):
+    pipeline, runner = make()
+    runner.answer("migrate", Answer(reports={"localhost": {"schema": {"before": "", "after": "", "ran": False}}}))
+    release_answers(runner)
+    runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.ROLLED_BACK and "restored" not in outcome.message
+    rollback = runner.variables("rollback")
+    assert rollback["deployctl_rollback_targets"] == {"localhost": "v1"}
+    assert rollback["deployctl_restore_set_id"] == "", "no migration ran: the data stays"
+
+
+def test_a_migration_that_fails_before_the_switch_restores_data_and_touches_no_code(make):
+    pipeline, runner = make()
+    runner.answer("migrate", Answer(failed={"localhost": "syntax error"}))
+    release_answers(runner)
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.ROLLED_BACK
+    assert "deploy" not in runner.phases
+    rollback = runner.variables("rollback")
+    assert rollback["deployctl_rollback_targets"] == {} and rollback["deployctl_rollback_only_targets"] is True
+    assert rollback["deployctl_restore_set_id"] == "S1"
 
 
 def test_migrate_failure_restores_the_pre_release_set(make):
@@ -110,7 +136,7 @@ def test_migrate_failure_restores_the_pre_release_set(make):
     rollback = runner.variables("rollback")
     assert rollback["deployctl_restore_set_id"] == "S1"
     assert "S1" in rollback["deployctl_backup_protect"]
-    assert rollback["deployctl_live_version"] == "v2", "the safety set says what was live"
+    assert rollback["deployctl_live_version"] == "v1", "the safety set says what was live: the switch never came"
 
 
 def test_a_command_that_survives_means_no_restore(make):
@@ -176,7 +202,25 @@ def test_a_release_that_goes_well_is_one_ansible_run(make):
     pipeline, runner = make()
     release_answers(runner)
     assert pipeline.release("v2").exit_code == ExitCode.OK
-    assert runner.streams == [[p.replace(" ", "-") for p in RELEASE]] and runner.streamed == RELEASE
+    assert runner.streams == [[p.replace(" ", "-") for p in PLAN]] and runner.streamed == RELEASE
+
+
+def test_migrations_after_the_restart_take_the_plans_other_place(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": {**host_state("v1"), "migrate_order": "after_restart"}}))
+    release_answers(runner)
+    assert pipeline.release("v2").exit_code == ExitCode.OK
+    assert runner.streamed == [*RELEASE[:5], "deploy", "migrate", *RELEASE[7:]] and len(runner.streams) == 1
+
+
+def test_hosts_that_disagree_on_the_migration_order_are_refused_before_anything_changes(make):
+    pipeline, runner = make()
+    runner.hosts = ["a", "b"]
+    runner.answer("preflight", Answer(reports={"a": {**host_state("v1"), "migrate_order": "after_restart"},
+                                               "b": {**host_state("v1"), "migrate_order": "before_switch"}}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and "deployctl_migrate_order" in outcome.message
+    assert runner.phases == ["lock", "preflight", "unlock"]
 
 
 def test_a_failed_phase_ends_the_run_and_recovery_runs_phase_by_phase(make):
@@ -184,8 +228,8 @@ def test_a_failed_phase_ends_the_run_and_recovery_runs_phase_by_phase(make):
     release_answers(runner)
     runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
     assert pipeline.release("v2").exit_code == ExitCode.ROLLED_BACK
-    assert len(runner.streams) == 1 and runner.streamed == RELEASE[:6]
-    assert runner.phases[6:] == ["stop commands", "rollback", "verify", "data state", "maintenance off", "unlock"]
+    assert len(runner.streams) == 1 and runner.streamed == RELEASE[:7]
+    assert runner.phases[7:] == ["stop commands", "rollback", "verify", "data state", "maintenance off", "unlock"]
 
 
 def test_a_refusal_after_preflight_skips_to_the_unlock_in_the_same_run(make):
@@ -519,7 +563,7 @@ def test_a_deploy_that_ran_on_no_host_fails_and_puts_back_nothing(make):
     outcome = pipeline.release("v2")
     assert outcome.exit_code == ExitCode.ROLLED_BACK
     assert "deploy failed: no host of the inventory is in the group" in outcome.message
-    assert "rollback" not in runner.phases, "no host was deployed to: no code to put back"
+    assert runner.variables("rollback")["deployctl_rollback_targets"] == {}, "no host deployed: no code to put back"
     assert runner.phases[-4:] == ["verify", "data state", "maintenance off", "unlock"]
 
 

@@ -21,6 +21,8 @@ description:
     would depend on its parser.
   - With O(save_to), the block as it was is saved there first (only once, so a retried deployment keeps the
     first copy), so that a rollback can put it back with O(state=restored).
+  - With O(dest), O(path) is only read and the file with deployctl's block goes to O(dest) (a release's own
+    copy of the shared .env, for commands that run in it before it goes live), replacing a link there.
   - In check mode nothing is written; the values are validated all the same.
 options:
   path: {description: The .env file., type: path, required: true}
@@ -31,6 +33,7 @@ options:
     default: present
   values: {description: The variables of the block (C(present))., type: dict, default: {}}
   save_to: {description: Where the block as it was is saved before C(present) changes it (mode 0600)., type: path}
+  dest: {description: "Where the file with the block is written (C(present)); O(path) then stays as it is.", type: path}
   restore_from:
     description: With C(restored), saved blocks in order of preference; the first that exists is put back.
     type: list
@@ -80,8 +83,10 @@ def main():
             "state": {"type": "str", "choices": ["present", "restored"], "default": "present"},
             "values": {"type": "dict", "default": {}, "no_log": True},
             "save_to": {"type": "path"},
+            "dest": {"type": "path"},
             "restore_from": {"type": "list", "elements": "path", "default": []},
         },
+        mutually_exclusive=[("dest", "save_to")],
         supports_check_mode=True,
     )
     params = module.params
@@ -104,13 +109,18 @@ def main():
             wanted = merged(existing or "", values)
     except (EnvError, ValueError, KeyError) as exc:
         module.fail_json(msg=str(exc))
+    target = params["dest"] or path
+    if target != path:
+        wanted = wanted if wanted is not None else existing or ""
+        regular = os.path.isfile(target) and not os.path.islink(target)
+        existing = read_with_owner(target)[0].decode("utf-8") if regular else None
     changed = wanted is not None and wanted != existing
     if params["state"] == "present" and params["save_to"] and not module.check_mode and \
             not os.path.exists(params["save_to"]):
         os.makedirs(os.path.dirname(params["save_to"]), mode=0o700, exist_ok=True)
         write_json_atomic(params["save_to"], {"block": current_block(existing or "")}, mode=0o600)
     if changed and not module.check_mode:
-        write_atomic(path, wanted, mode=mode, owner=owner)
+        write_atomic(target, wanted, mode=mode, owner=owner)
     module.exit_json(changed=changed, keys=sorted(values), created=existing is None and changed,
                      restored_from=restored_from)
 

@@ -28,6 +28,8 @@ options:
       - C(begun) records ahead that O(deployment_id) starts, with the version live now; it fails when another
         deployment did not finish on this host.
       - C(prepared) creates the directories and clears a partly unpacked O(version).
+      - C(staged) marks the unpacked O(version) complete (from O(artifact_digest)) and links the shared paths
+        into it, so that it can run (its migrations) before it goes live.
       - C(live) links the shared paths into O(version), switches C(current) to it, records it and prunes.
       - C(rolled_back) makes O(version) live again (empty to take down a first release); the entries since
         it went live are undone, and returned (the deployments they came from, oldest first), so that what
@@ -36,7 +38,7 @@ options:
         the record of the unfinished deployment is cleared.
       - C(absent) removes C(current).
     type: str
-    choices: [read, begun, prepared, live, rolled_back, settled, absent]
+    choices: [read, begun, prepared, staged, live, rolled_back, settled, absent]
     default: read
   version: {description: Release to prepare or make live., type: str}
   deployment_id: {description: Deployment that makes the change., type: str, default: ""}
@@ -46,7 +48,11 @@ options:
     type: str
     choices: [live, undone, abandoned]
     default: live
-  shared: {description: Names under shared/ linked into the release (C(live)) or created as directories (C(prepared))., type: list, elements: str, default: []}
+  shared:
+    description: Names under shared/ linked into the release (C(staged), C(live)) or created as directories (C(prepared)).
+    type: list
+    elements: str
+    default: []
   keep: {description: Releases kept after a switch (the live one and the rollback target always stay)., type: int, default: 5}
   required_commands: {description: Commands whose absence C(read) reports., type: list, elements: str, default: []}
   check_writable:
@@ -123,6 +129,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.files import (
     read_json,
     read_lock,
     utc_stamp,
+    write_atomic,
     write_json_atomic,
 )
 
@@ -218,6 +225,26 @@ def _link(source, dest):
     return True
 
 
+def _release_dir(module, record, version):
+    target = os.path.join(record.releases_dir, version)
+    if not os.path.isdir(target):
+        module.fail_json(msg=f"release {version} is not on this host ({target} is missing)")
+    return target
+
+
+def _link_shared(params, target, check):
+    """Link each shared path into the release directory `target`; whether any link changed."""
+    changed = False
+    for name in params["shared"]:
+        source = os.path.join(params["app_root"], "shared", name)
+        dest = os.path.join(target, name)
+        if not (os.path.islink(dest) and os.readlink(dest) == source):
+            changed = True
+            if not check:
+                _link(source, dest)
+    return changed
+
+
 def _free_mb(path):
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -297,7 +324,7 @@ def main():
         argument_spec={
             "app_root": {"type": "path", "required": True},
             "state": {"type": "str", "default": "read",
-                      "choices": ["read", "begun", "prepared", "live", "rolled_back", "settled", "absent"]},
+                      "choices": ["read", "begun", "prepared", "staged", "live", "rolled_back", "settled", "absent"]},
             "version": {"type": "str"},
             "deployment_id": {"type": "str", "default": ""},
             "action": {"type": "str", "default": ""},
@@ -309,7 +336,7 @@ def main():
             "artifact_digest": {"type": "str", "default": ""},
             "link": {"type": "bool", "default": True},
         },
-        required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]),
+        required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]), ("state", "staged", ["version"]),
                      ("state", "begun", ["deployment_id"]), ("state", "settled", ["deployment_id"])],
         supports_check_mode=True,
     )
@@ -371,20 +398,21 @@ def main():
             if not check:
                 shutil.rmtree(release)
 
+    elif state == "staged":
+        target = _release_dir(module, record, params["version"])
+        marker = os.path.join(target, COMPLETE_MARKER)
+        if not os.path.exists(marker):
+            changed = True
+            if not check:
+                write_atomic(marker, f"{params['version']}\n{params['artifact_digest']}\n", mode=0o644)
+        changed = _link_shared(params, target, check) or changed
+
     elif state == "live":
         version = params["version"]
         live = record.live()
         if record.link:
-            target = os.path.join(record.releases_dir, version)
-            if not os.path.isdir(target):
-                module.fail_json(msg=f"release {version} is not on this host ({target} is missing)")
-            for name in params["shared"]:
-                source = os.path.join(params["app_root"], "shared", name)
-                dest = os.path.join(target, name)
-                if not (os.path.islink(dest) and os.readlink(dest) == source):
-                    changed = True
-                    if not check:
-                        _link(source, dest)
+            target = _release_dir(module, record, version)
+            changed = _link_shared(params, target, check) or changed
         last = next((e for e in reversed(record.entries) if e["version"] == version), None)
         # already live (a batch run again, or a host a failed deployment switched before it was cut off):
         # this deployment still owns the entry, so that it settles with this deployment's outcome
