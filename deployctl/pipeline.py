@@ -517,9 +517,13 @@ class Pipeline:
         unconfirmed = sorted(set(stop.unreachable) | set(stop.failed) | set(run.unreachable))
         if unconfirmed and restoring:
             self._note(run, needs_attention=unconfirmed)
+            # a release that migrated but switched no host has only its data to put back
+            then = (f"; once they are back, `deployctl restore {run.details['backup_set']}` puts the data back"
+                    if run.deployment.action == "release" and run.details.get("backup_set")
+                    and not run.details.get("deployed_hosts") else "")
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"could not confirm that {ident}'s commands stopped on {', '.join(unconfirmed)} "
-                                f"({stop.problem()}); nothing was restored, maintenance mode stays on")
+                                f"({stop.problem()}); nothing was restored, maintenance mode stays on{then}")
         return None
 
     def _find_unfinished(self, hosts: dict) -> tuple[str, Deployment | None] | None:
