@@ -461,7 +461,8 @@ class Pipeline:
             return stopped or self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                            f"{reason}; not rolled back (--no-rollback), maintenance mode stays on")
         self.output.progress(f"[yellow]rolling back: {reason}[/yellow]")
-        restore = run.details.get("backup_set") if run.details.get("migrate_started") else None
+        # "migrated" as rollbacks judge it: the schema version changed, or nobody can tell
+        restore = run.details.get("backup_set") if migrated(run.deployment) is not False else None
         stopped = self._stop_commands(run, run.deployment.id, restoring=bool(restore))
         if stopped is not None:
             return stopped
