@@ -285,11 +285,10 @@ class Pipeline:
                 self._note(run, migrate_started=True)
             result = self._phase(run, phase, extra)
             if phase is Phase.MIGRATE:
-                schema = result.report("schema")
+                ran = result.report("migration_ran")
                 # no migration command ran (none configured): this release leaves the data alone
-                ran = not gate(result) or not schema or any(s.get("ran", True) for s in schema.values())
-                self._note(run, schema={h: {k: v for k, v in s.items() if k != "ran"} for h, s in schema.items()},
-                           migrate_started=ran)
+                self._note(run, schema=result.report("schema"),
+                           migrate_started=not gate(result) or not ran or any(ran.values()))
             if not gate(result):
                 return self._recover(run, f"{phase} failed: {result.problem()}")
         self._record_data_state(run)

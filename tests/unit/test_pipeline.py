@@ -105,7 +105,8 @@ def test_deploy_failure_after_the_migrations_rolls_back_code_and_data(make):
 
 def test_deploy_failure_without_migrations_rolls_back_code_only(make):
     pipeline, runner = make()
-    runner.answer("migrate", Answer(reports={"localhost": {"schema": {"before": "", "after": "", "ran": False}}}))
+    nothing_ran = {"schema": {"before": "", "after": ""}, "migration_ran": False}
+    runner.answer("migrate", Answer(reports={"localhost": nothing_ran}))
     release_answers(runner)
     runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
     outcome = pipeline.release("v2")
