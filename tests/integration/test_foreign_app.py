@@ -32,8 +32,9 @@ import yaml
 
 from tests.support.project import free_port, http_get
 
-# one operator's trial, test after test on the same environment: one worker runs them all, in order
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("foreign-app")]
+# one operator's trial, test after test on the same environment: the suite runs each file on one worker
+# (scripts/test: --dist loadfile), so they run in order
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 APP = Path(__file__).resolve().parent / "foreign_app"
 BIN = Path(sys.executable).parent
