@@ -311,21 +311,27 @@ class Pipeline:
         self._note(run, before=live)
         if not any(live.values()):
             return self._stop_unchanged(run, "no release is live: there is nothing to roll back")
+        unswitched = None
         if to is not None:
             missing = sorted(h for h, s in hosts.items() if s.get("live") and to not in (s.get("releases") or []))
             if missing:
                 return self._stop_unchanged(run, f"{to} is not on {', '.join(missing)}; release it instead")
             targets = {h: to for h, v in live.items() if v}
+        elif unswitched := self._unswitched_release(run, live):
+            targets = {}  # its data is all there is to undo
         else:
             lacking = sorted(h for h, s in hosts.items() if s.get("live") and not s.get("previous"))
             if lacking:
                 return self._stop_unchanged(run, f"no earlier release to go back to on {', '.join(lacking)} "
                                                  "(its live release is the first one)")
             targets = {h: s["previous"] for h, s in hosts.items() if s.get("live")}
-        if all(live.get(h) == v for h, v in targets.items()) and data != "restore":
+        if not unswitched and all(live.get(h) == v for h, v in targets.items()) and data != "restore":
             return self._finish(run, ExitCode.OK, "unchanged",
                                 f"{', '.join(sorted(set(targets.values())))} is already live: nothing to roll back")
-        restore, note = self._data_to_restore(run, hosts, targets, data, to)
+        restore, note = self._data_to_restore(run, hosts, targets, data, to, unswitched)
+        if unswitched and not restore:
+            return self._finish(run, ExitCode.OK, "unchanged",
+                                f"{unswitched.id} switched no host and {note}: nothing to roll back")
         self._note(run, targets=targets, restored_set=restore)
         if restore:
             # a command an earlier deployment left running (its connection lost, say) must not write under it
@@ -342,12 +348,27 @@ class Pipeline:
         if not gate(rollback):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"rollback failed: {rollback.problem()}; maintenance mode stays on")
-        if not self._verify_and_reopen(run, sorted(targets)):
+        if not self._verify_and_reopen(run, sorted(targets) or None):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 "rolled back, but verify or maintenance off failed; maintenance mode stays on")
-        what = f"rolled back to {to}" if to else \
-            "rolled back to " + ", ".join(sorted(set(targets.values())))
+        if unswitched:
+            what = f"{unswitched.id} switched no host: {', '.join(sorted({v for v in live.values() if v}))} still live"
+        else:
+            what = "rolled back to " + (to or ", ".join(sorted(set(targets.values()))))
         return self._finish(run, ExitCode.OK, "rolled-back", f"{what}; {note}")
+
+    def _unswitched_release(self, run: Run, live: dict) -> Deployment | None:
+        """The last deployment, when it is a release that may have migrated the data but switched no host and
+        restored nothing: what rolling it back undoes is its data alone."""
+        last = next((d for d in self.history.recent(self.env.name, limit=10)
+                     if d.id != run.deployment.id and d.action != "backup"), None)
+        if last is None or last.action != "release" or last.outcome in (RUNNING, "live"):
+            return None
+        details = last.details
+        if details.get("deployed_hosts") or details.get("restored_set") or not details.get("backup_set"):
+            return None
+        still_live = all(live.get(h) == v for h, v in (details.get("before") or {}).items())
+        return last if still_live and migrated(last) is not False else None
 
     def _restore(self, run: Run, set_id: str) -> Outcome:
         self._note(run, restored_set=set_id)
@@ -518,7 +539,8 @@ class Pipeline:
         if unconfirmed and restoring:
             self._note(run, needs_attention=unconfirmed)
             # a release that migrated but switched no host has only its data to put back
-            then = (f"; once they are back, `deployctl restore {run.details['backup_set']}` puts the data back"
+            then = (f"; once they are back, `deployctl rollback` (it restores {run.details['backup_set']}, "
+                    "keeping the code) puts the data back"
                     if run.deployment.action == "release" and run.details.get("backup_set")
                     and not run.details.get("deployed_hosts") else "")
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
@@ -597,12 +619,12 @@ class Pipeline:
             return unknown
         return f"users wrote since: {', '.join(changed[:20])} changed" if changed else None
 
-    def _data_to_restore(self, run: Run, hosts: dict, targets: dict, data: str,
-                         to: str | None) -> tuple[str | None, str]:
+    def _data_to_restore(self, run: Run, hosts: dict, targets: dict, data: str, to: str | None,
+                         unswitched: Deployment | None) -> tuple[str | None, str]:
         """Which set a rollback restores, and why; refuses when the default would lose writes."""
         if data == "keep":
             return None, "data kept as it is (--keep-data)"
-        idents, undone = self._undone(hosts, targets)
+        idents, undone = ([unswitched.id], [unswitched]) if unswitched else self._undone(hosts, targets)
         first = undone[0] if undone and undone[0].id == idents[0] else None
         candidate = first.details.get("backup_set") if first else None
         if data == "restore":

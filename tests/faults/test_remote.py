@@ -110,10 +110,11 @@ def test_connection_lost_during_a_remote_migration(remote):
     assert processes_matching(str(remote.root / "long-migrate")), "the migration outlived its connection"
     # it migrated before the switch: v1 still runs everywhere, only the data needs putting back
     pre_release = outcome["deployment"]["details"]["backup_set"]
-    assert f"`deployctl restore {pre_release}`" in outcome["message"]
+    assert f"`deployctl rollback` (it restores {pre_release}" in outcome["message"]
 
     remote.fleet.restore(remote.fleet.hosts[0])
-    back = remote.run("--yes", "restore", pre_release)
+    back = remote.run("rollback")
     assert back.code == 0, back
+    assert back.data["deployment"]["details"]["restored_set"] == pre_release
     assert [p["name"] for p in back.data["deployment"]["phases"]].count("stop commands") == 1
     assert_v1_with_its_data(remote)

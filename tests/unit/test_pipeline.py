@@ -799,3 +799,44 @@ def test_recover_refuses_while_another_deployment_holds_the_lock(make):
     outcome = pipeline.recover()
     assert outcome.exit_code == ExitCode.LOCKED and "DEP-OTHER" in outcome.message
     assert runner.phases == ["state", "state"]
+
+
+def failed_before_the_switch(pipeline, runner, maintenance=True):
+    """A release whose host dropped off mid-migration: v1 still live, the data perhaps half migrated."""
+    runner.answer("migrate", Answer(unreachable={"localhost": "no route"}))
+    release_answers(runner)
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "`deployctl rollback` (it restores S1" in outcome.message
+    runner.calls.clear()
+    runner.answer("state", Answer(reports={"localhost": host_state("v1", maintenance=maintenance)}))
+    sets_on_the_db_host(runner, "S1")
+    return outcome.deployment.id
+
+
+def test_rollback_after_a_release_that_switched_no_host_puts_its_data_back(make):
+    pipeline, runner = make()
+    ident = failed_before_the_switch(pipeline, runner)
+    outcome = pipeline.rollback()
+    assert outcome.exit_code == ExitCode.OK, outcome.message
+    assert ident in outcome.message and "v1 still live" in outcome.message and "restored from S1" in outcome.message
+    assert runner.phases == ["lock", "state", "backups", "stop commands", "maintenance on", "rollback", "verify",
+                             "data state", "maintenance off", "unlock"]
+    rollback = runner.variables("rollback")
+    assert rollback["deployctl_rollback_targets"] == {} and rollback["deployctl_restore_set_id"] == "S1"
+
+
+def test_rollback_after_a_release_that_switched_no_host_keeps_data_when_told(make):
+    pipeline, runner = make()
+    failed_before_the_switch(pipeline, runner)
+    outcome = pipeline.rollback(data="keep")
+    assert outcome.exit_code == ExitCode.OK and "nothing to roll back" in outcome.message
+    assert "rollback" not in runner.phases and "maintenance on" not in runner.phases
+
+
+def test_rollback_after_a_release_that_switched_no_host_refuses_when_users_wrote_since(make):
+    pipeline, runner = make()
+    ident = failed_before_the_switch(pipeline, runner, maintenance=False)  # someone took maintenance off
+    runner.answer("data check", Answer(reports={"localhost": {"data": DATA_B}}))
+    outcome = pipeline.rollback()
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and ident in outcome.message
+    assert "--restore-data" in outcome.message and "rollback" not in runner.phases
