@@ -6,7 +6,9 @@ ansible-playbook are taken from the interpreter's own bin directory, as tests/su
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,11 +72,42 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], left: int = 
 # ------------------------------------------------------------------------------------------ releases
 
 
-def cli_release(project, version: str, timeout: float = 3600):
+def cli_release(project, version: str, timeout: float = 3600, env: dict | None = None):
     """`deployctl --json release VERSION` through the real CLI; returns (wall seconds, Result)."""
     started = time.monotonic()
-    result = project.run("release", version, timeout=timeout)
+    result = project.run("release", version, timeout=timeout, env=env)
     return time.monotonic() - started, result
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs: the control node's share
+    of a command run meanwhile (the SSH test hosts' sshd are not waited for until they stop)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class ModuleCalls:
+    """Counts the module calls of the Ansible runs of a command, per host (bench/callback_plugins).
+
+    `env` goes into the command's environment; `read()` afterwards gives {host: {"remote": N, ...}}.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory / "module-calls.json"
+        self.path.unlink(missing_ok=True)
+        self.env = {
+            "ANSIBLE_CALLBACK_PLUGINS": str(Path(__file__).resolve().parent / "callback_plugins"),
+            "ANSIBLE_CALLBACKS_ENABLED": "module_calls",
+            "DEPLOYCTL_BENCH_MODULE_CALLS": str(self.path),
+        }
+
+    def read(self) -> dict[str, dict[str, int]]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def per_host(self, kind: str = "remote") -> float | None:
+        """The mean count of `kind` over the hosts, or None when nothing was counted."""
+        counts = self.read()
+        return statistics.mean(c.get(kind, 0) for c in counts.values()) if counts else None
 
 
 def check_release(result, version: str) -> None:
@@ -112,7 +145,7 @@ def ansible_env(local_temp: Path) -> dict[str, str]:
 
 
 def plain_release(inventory: Path, version: str, forks: int = DEPLOYCTL_DEFAULT_FORKS,
-                  timeout: float = 3600) -> float:
+                  timeout: float = 3600, env: dict | None = None) -> float:
     """Time `ansible-playbook -i INVENTORY playbooks/release.yml` (no gates, no history, one process).
 
     Exits with the end of the playbook's output when it fails: a failed run's time means nothing.
@@ -122,7 +155,7 @@ def plain_release(inventory: Path, version: str, forks: int = DEPLOYCTL_DEFAULT_
         argv = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(playbook), "--forks", str(forks),
                 "-e", f"deployctl_version={version}", "-e", "deployctl_lock_token=x"]
         started = time.monotonic()
-        proc = subprocess.run(argv, env=ansible_env(Path(tmp)), capture_output=True, text=True,
+        proc = subprocess.run(argv, env={**ansible_env(Path(tmp)), **(env or {})}, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
         seconds = time.monotonic() - started
     if proc.returncode != 0:

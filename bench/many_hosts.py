@@ -6,7 +6,9 @@ namespace, each with its own /srv) and builds a project the way tests/integratio
 does: the demo app on every host (group app), the database on h1 (group db). Through the real CLI
 (`deployctl --json release`) it releases v1 (the first install) and then v2 (an upgrade: unpack,
 switch, restart, migrate, verify on every host), and records the wall time of both and every phase of
-v2 (deployment.phases[].seconds). It then releases v3 with plain
+v2 (deployment.phases[].seconds), the module calls it made per host (counted by
+bench/callback_plugins/module_calls.py: the per-host cost on any machine) and the control node's CPU
+seconds. It then releases v3 with plain
 `ansible-playbook -i INVENTORY playbooks/release.yml` (the same playbooks, inventory, Ansible settings
 and forks, in one process, with no gates) and checks that every host serves v3. The hosts are torn
 down after each count, and one table of every count is printed at the end.
@@ -92,12 +94,19 @@ def measure(count: int, args: argparse.Namespace) -> dict:
                 figures["v1"], result = cli_release(project, "v1")
                 benchlib.check_release(result, "v1")
                 print(f"  deployctl release v1 (first install): {figures['v1']:.2f} s", flush=True)
-                figures["v2"], result = cli_release(project, "v2")
+                calls, cpu = benchlib.ModuleCalls(root), benchlib.children_cpu()
+                figures["v2"], result = cli_release(project, "v2", env=calls.env)
+                figures["cpu"] = benchlib.children_cpu() - cpu
                 benchlib.check_release(result, "v2")
+                figures["calls"], figures["controller calls"] = calls.per_host(), calls.per_host("controller")
                 figures["phases"] = phases(result)
                 figures["window"] = maintenance_window(figures["phases"])
                 print(f"  deployctl release v2 (upgrade):       {figures['v2']:.2f} s", flush=True)
-                figures["plain"] = plain_release(project.root / "inventory" / "local", "v3", forks=args.forks)
+                calls, cpu = benchlib.ModuleCalls(root), benchlib.children_cpu()
+                figures["plain"] = plain_release(project.root / "inventory" / "local", "v3", forks=args.forks,
+                                                 env=calls.env)
+                figures["plain cpu"] = benchlib.children_cpu() - cpu
+                figures["plain calls"] = calls.per_host()
                 wrong = {h: v for h, v in served(fleet, project.port).items() if v != "v3"}
                 if wrong:
                     sys.exit(f"after the plain ansible-playbook release of v3, hosts serve {wrong}")
@@ -126,10 +135,25 @@ def report(results: dict[int, dict]) -> None:
     rows.append(["overhead deployctl / ansible-playbook",
                  *(ratio(results[c]["v2"], results[c]["plain"]) for c in counts)])
     rows.append(["first release v1 wall (deployctl)", *(secs(results[c]["v1"]) for c in counts)])
+    first = counts[0]
+    rows.append([f"seconds per host added (v2, from {first} host(s))", "-",
+                 *(secs((results[c]["v2"] - results[first]["v2"]) / (c - first)) for c in counts[1:])])
+    rows.append([f"seconds per host added (plain, from {first} host(s))", "-",
+                 *(secs((results[c]["plain"] - results[first]["plain"]) / (c - first)) for c in counts[1:])])
+    rows.append(["module calls per host, on the host (v2)", *(calls_figure(results[c]["calls"]) for c in counts)])
+    rows.append(["controller actions per host (v2: gates, stats)",
+                 *(calls_figure(results[c]["controller calls"]) for c in counts)])
+    rows.append(["module calls per host (plain)", *(calls_figure(results[c]["plain calls"]) for c in counts)])
+    rows.append(["control-node CPU s per host (v2)", *(secs(results[c]["cpu"] / c) for c in counts)])
+    rows.append(["control-node CPU s per host (plain)", *(secs(results[c]["plain cpu"] / c) for c in counts)])
     print()
     print("Release to N SSH hosts (app on all, db on h1), seconds; phases are those of the v2 release")
     print()
     print(table(["phase \\ hosts", *map(str, counts)], rows))
+
+
+def calls_figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def main() -> None:
