@@ -2,9 +2,10 @@
 
 Enabled by bench/benchlib.py (ANSIBLE_CALLBACKS_ENABLED=module_calls) for the runs it measures; the
 counts go, as JSON, to the file named by DEPLOYCTL_BENCH_MODULE_CALLS:
-{"host": {"remote": N, "controller": N, "skipped": N}, ...}. "remote" are the module executions on the
-host itself (each loop item counts), the per-host cost on any machine; "controller" are actions that
-run on the control node only (set_stats, assert, the gates) or tasks delegated to localhost.
+{"host": {"remote": N, "controller": N, "skipped": N, "tasks": {task: N}}, ...}. "remote" are the module
+executions on the host itself (each loop item counts; "tasks" has them by task name), the per-host cost on
+any machine; "controller" are actions that run on the control node only (set_stats, assert, the gates) or
+tasks delegated to localhost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CallbackModule(CallbackBase):
     def __init__(self):
         super().__init__()
         self.counts: defaultdict[str, Counter] = defaultdict(Counter)
+        self.tasks: defaultdict[str, Counter] = defaultdict(Counter)
 
     def _count(self, result, skipped: bool = False) -> None:
         task, host = result._task, result._host.get_name()
@@ -50,6 +52,8 @@ class CallbackModule(CallbackBase):
         items = result._result.get("results") if task.loop is not None else None
         calls = sum(1 for item in items if not item.get("skipped")) if isinstance(items, list) else 1
         self.counts[host]["controller" if on_controller else "remote"] += calls
+        if not on_controller:
+            self.tasks[host][task.get_name()] += calls
 
     def v2_runner_on_ok(self, result):
         self._count(result)
@@ -67,4 +71,5 @@ class CallbackModule(CallbackBase):
         target = os.environ.get("DEPLOYCTL_BENCH_MODULE_CALLS")
         if target:
             with open(target, "w", encoding="utf-8") as out:
-                json.dump({host: dict(counts) for host, counts in self.counts.items()}, out)
+                json.dump({host: {**counts, "tasks": dict(self.tasks[host])} for host, counts in self.counts.items()},
+                          out)

@@ -27,7 +27,8 @@ options:
         flag, free space and missing commands.
       - C(begun) records ahead that O(deployment_id) starts, with the version live now; it fails when another
         deployment did not finish on this host.
-      - C(prepared) creates the directories and clears a partly unpacked O(version).
+      - C(prepared) creates the directories and clears a partly unpacked O(version), leaving its directory
+        empty for the unpacking.
       - C(staged) marks the unpacked O(version) complete (from O(artifact_digest)) and links the shared paths
         into it, so that it can run (its migrations) before it goes live.
       - C(live) links the shared paths into O(version), switches C(current) to it, records it and prunes.
@@ -111,6 +112,7 @@ history: {description: "Versions in the order they were switched to (undone ones
 entries: {description: "The last switches (version, deployment_id, at, status), newest last.", type: list, returned: always}
 pending: {description: "The deployment that began and has not settled (deployment_id, action, before, at), or null.", type: dict, returned: always}
 complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
+staged: {description: "The version marked complete and linked (a later deploy in the same run need not stage it again).", type: str, returned: when state is staged}
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
 undone: {description: "The deployments whose entries C(rolled_back) undid, oldest first.", type: list, returned: when state is rolled_back}
 lock: {description: "Holder of the release lock, null when free.", type: dict, returned: when state is read or begun}
@@ -397,6 +399,9 @@ def main():
             changed = True
             if not check:
                 shutil.rmtree(release)
+        if not result["complete"] and not check:
+            changed = not os.path.isdir(release) or changed
+            os.makedirs(release, mode=0o755, exist_ok=True)
 
     elif state == "staged":
         target = _release_dir(module, record, params["version"])
@@ -406,6 +411,7 @@ def main():
             if not check:
                 write_atomic(marker, f"{params['version']}\n{params['artifact_digest']}\n", mode=0o644)
         changed = _link_shared(params, target, check) or changed
+        result["staged"] = params["version"]
 
     elif state == "live":
         version = params["version"]
