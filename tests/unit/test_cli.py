@@ -12,8 +12,6 @@ import yaml
 
 from deployctl.history import History
 
-pytestmark = pytest.mark.unit
-
 DEPLOYCTL = [sys.executable, "-m", "deployctl"]
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.unit
-
 PLUGINS = Path(__file__).resolve().parents[2] / "collections/ansible_collections/deployctl/core/plugins"
 MODULES = sorted((PLUGINS / "modules").glob("*.py"))
 MODULE_UTILS = sorted((PLUGINS / "module_utils").glob("*.py"))

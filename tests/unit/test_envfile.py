@@ -8,8 +8,6 @@ import pytest
 import yaml
 from ansible_collections.deployctl.core.plugins.module_utils.envfile import BEGIN, END, EnvError, block, merged
 
-pytestmark = pytest.mark.unit
-
 VALUES = {
     "PLAIN": "postgresql://app@db:5432/shop",
     "SPACES": "two  spaces and a tab\there",

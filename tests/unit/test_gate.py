@@ -1,9 +1,5 @@
-import pytest
-
 from deployctl.pipeline import Run, gate
 from deployctl.runner import PhaseResult
-
-pytestmark = pytest.mark.unit
 
 
 def stats(**overrides):

@@ -1,8 +1,4 @@
-import pytest
-
 from deployctl.history import History
-
-pytestmark = pytest.mark.unit
 
 
 def test_records_deployments_and_phases(tmp_path):

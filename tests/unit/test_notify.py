@@ -22,8 +22,6 @@ from deployctl.pipeline import Pipeline  # noqa: E402
 from deployctl.project import Environment, Project  # noqa: E402
 from tests.support.stub_runner import Answer, StubRunner  # noqa: E402
 
-pytestmark = pytest.mark.unit
-
 TOKEN = "123456789:AAH-very-secret-token_xyz"
 
 

@@ -16,8 +16,6 @@ from deployctl.pipeline import Pipeline
 from deployctl.project import Environment, Project
 from tests.support.stub_runner import Answer, StubRunner
 
-pytestmark = pytest.mark.unit
-
 RELEASE = ["lock", "preflight", "backup", "stage", "maintenance on", "migrate", "deploy", "verify", "data state",
            "maintenance off", "unlock"]
 # the one run's plays: a place for the migrations before the switch and after the restart

@@ -6,8 +6,6 @@ import yaml
 from deployctl import project, variables
 from deployctl.errors import BadInput
 
-pytestmark = pytest.mark.unit
-
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -17,8 +17,6 @@ from deployctl.pipeline import Outcome, Pipeline
 from deployctl.project import Environment, Project
 from tests.support.stub_runner import Answer, StubRunner
 
-pytestmark = pytest.mark.unit
-
 DEAD = {"control_node": socket.gethostname(), "pid": 999999999, "start_ticks": 1}
 FAILED_HEALTH = {"web1": [{"host": "web1", "check": "health", "status": "fail"}]}
 

@@ -17,8 +17,6 @@ from deployctl.errors import BadInput  # noqa: E402
 from deployctl.history import History  # noqa: E402
 from deployctl.project import Project  # noqa: E402
 
-pytestmark = pytest.mark.unit
-
 RELEASE_PHASES = [("lock", 1.0), ("preflight", 4.0), ("backup", 20.0), ("maintenance on", 2.0),
                   ("deploy", 60.0), ("migrate", 30.0), ("verify", 25.0), ("maintenance off", 3.0),
                   ("unlock", 1.0)]

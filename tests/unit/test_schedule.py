@@ -15,8 +15,6 @@ if str(REPO) not in sys.path:
 from deployctl import schedule  # noqa: E402
 from deployctl.errors import BadInput  # noqa: E402
 
-pytestmark = pytest.mark.unit
-
 PROGRAM = ["/opt/deployctl/bin/deployctl"]
 
 
