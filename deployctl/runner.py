@@ -112,17 +112,17 @@ class AnsibleRunner:
         started = time.monotonic()
         status, rc, error = "error", None, None
         try:
-            runner = ansible_runner.run(**self._arguments(private, ident, str(content_dir() / "playbooks" / playbook),
-                                                          extravars, limit, self.timeout),
-                                        event_handler=events.add, cancel_callback=self.cancel.is_set)
-            status, rc = runner.status, runner.rc
-        except Exception as exc:  # pexpect timeouts and the like: a phase that did not end cleanly failed
-            error = f"ansible-runner failed: {exc.__class__.__name__}: {exc}"
+            try:
+                runner = ansible_runner.run(**self._arguments(private, ident,
+                                                              str(content_dir() / "playbooks" / playbook),
+                                                              extravars, limit, self.timeout),
+                                            event_handler=events.add, cancel_callback=self.cancel.is_set)
+                status, rc = runner.status, runner.rc
+            except Exception as exc:  # pexpect timeouts and the like: a phase that did not end cleanly failed
+                error = f"ansible-runner failed: {exc.__class__.__name__}: {exc}"
+            return events.ended(status, rc, time.monotonic() - started, error, private / "artifacts" / ident / "stdout")
         finally:
-            if events.final is None and error is None and status not in ("timeout", "canceled"):
-                error = _tail(private / "artifacts" / ident / "stdout", status, rc)
             _scrub(private, ident)
-        return events.ended(status, rc, time.monotonic() - started, error)
 
     def stream(self, deployment_id: str, seq: int, name: str, phases: list[tuple[str, str]],
                extravars: dict) -> Stream:
@@ -215,9 +215,13 @@ class PhaseEvents:
         for name in (*names, "processed"):
             self.counts[name][host] = self.counts[name].get(host, 0) + 1
 
-    def ended(self, status: str, rc: int | None, seconds: float, error: str | None) -> PhaseResult:
+    def ended(self, status: str, rc: int | None, seconds: float, error: str | None,
+              stdout: Path | None = None) -> PhaseResult:
         """The phase's result. When the run ended with this phase, its final stats say which failures a rescue
-        caught (a rescued task still emits runner_on_failed); earlier phases of a stream had none."""
+        caught (a rescued task still emits runner_on_failed); earlier phases of a stream had none. `stdout` is
+        the run's output when the run ended with this phase: its last error explains a run without final stats."""
+        if stdout is not None and self.final is None and error is None and status not in ("timeout", "canceled"):
+            error = _tail(stdout, status, rc)
         failed, unreachable = dict(self.failed), dict(self.unreachable)
         stats: dict | None = {name: dict(hosts) for name, hosts in self.counts.items()}
         reports = self.reports
@@ -331,9 +335,9 @@ class Stream:
                     status = "timeout"
                 events = self._events
                 if events is not None and self._current not in self._results:
-                    if events.final is None and error is None and status not in ("timeout", "canceled"):
-                        error = _tail(self._private / "artifacts" / self.ident / "stdout", status, rc)
-                    self._results[self._current] = events.ended(status, rc, time.monotonic() - self._started, error)
+                    self._results[self._current] = events.ended(status, rc, time.monotonic() - self._started, error,
+                                                                self._private / "artifacts" / self.ident / "stdout")
+                    error = self._results[self._current].error
                 # a phase whose gate the run never reached ends with the run, unstarted
                 for index in range(len(self.phases)):
                     if index not in self._results:
