@@ -112,7 +112,7 @@ history: {description: "Versions in the order they were switched to (undone ones
 entries: {description: "The last switches (version, deployment_id, at, status), newest last.", type: list, returned: always}
 pending: {description: "The deployment that began and has not settled (deployment_id, action, before, at), or null.", type: dict, returned: always}
 complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
-staged: {description: "The version marked complete and linked (a later deploy in the same run need not stage it again).", type: str, returned: when state is staged}
+staged: {description: "The version marked complete and linked (a later deploy in the run need not stage it).", type: str, returned: when state is staged}
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
 undone: {description: "The deployments whose entries C(rolled_back) undid, oldest first.", type: list, returned: when state is rolled_back}
 lock: {description: "Holder of the release lock, null when free.", type: dict, returned: when state is read or begun}
