@@ -172,7 +172,13 @@ def backup_dir(tmp_path):
 
 
 def mysql_params(db, backup_dir, **kw):
-    return dict(MYSQL_LOGIN, engine="mysql", database=db, backup_dir=str(backup_dir), **kw)
+    # scratch databases of this test's own: other tests' releases verify sets on the same server meanwhile
+    return {**MYSQL_LOGIN, "engine": "mysql", "database": db, "backup_dir": str(backup_dir),
+            "scratch_prefix": f"v_{db}_", **kw}
+
+
+def mysql_scratch_left(db):
+    return my_rows(f"SHOW DATABASES LIKE 'v\\_{db.replace('_', chr(92) + '_')}\\_%'")
 
 
 def pg_params(db, backup_dir, **kw):
@@ -279,7 +285,7 @@ def test_mysql_round_trip(mysql_db, backup_dir):
     assert sorted(os.listdir(res["path"])) == ["db.dump", "manifest.json"]
     dump = (Path(res["path"]) / "db.dump").read_bytes()
     assert b"CREATE TABLE `kinds`" in dump and b"CREATE DATABASE" not in dump
-    assert not my_rows("SHOW DATABASES LIKE 'deployctl\\_verify\\_%'")
+    assert not mysql_scratch_left(mysql_db)
 
     my(
         "INSERT INTO kinds (txt) VALUES ('after'); DELETE FROM logs; DROP TABLE `odd-name`; "
@@ -345,7 +351,7 @@ def test_mysql_verification_mismatch_marks_set_bad(mysql_db, backup_dir):
     assert manifest["bad"] is True and manifest["verified"] is False
     assert "checksum mismatch" in manifest["verify_error"]
     assert err.value.result["set_id"] == "bad1"
-    assert not my_rows("SHOW DATABASES LIKE 'deployctl\\_verify\\_%'")
+    assert not mysql_scratch_left(mysql_db)
     with pytest.raises(BackupError, match="marked bad"):
         restore_set(dict(MYSQL_LOGIN, backup_dir=str(backup_dir), set_id="bad1"))
     listed = run({"state": "listed", "backup_dir": str(backup_dir)})["sets"]
@@ -792,18 +798,20 @@ def test_comparison_failure_marks_set_bad(tmp_path, backup_dir, monkeypatch):
     make_sqlite(db)
     real = SqliteEngine.scratch_state
 
-    def off_by_one(self, source, manifest):
-        state = real(self, source, manifest)
+    def off_by_one(self, source, manifest, keep=None):
+        state = real(self, source, manifest, keep)
         state["tables"]["items"]["rows"] += 1
         return state
 
     monkeypatch.setattr(SqliteEngine, "scratch_state", off_by_one)
     with pytest.raises(VerifyError, match="table items: 3 rows expected, 4 found"):
         run(
-            {"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "set_id": "x", "keep": 1}
+            {"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "set_id": "x", "keep": 1,
+             "keep_scratch": True}
         )
     manifest = json.loads((backup_dir / "x" / "manifest.json").read_text())
     assert manifest["bad"] and not manifest["verified"] and "4 found" in manifest["verify_error"]
+    assert not list(backup_dir.glob("*.sqlite")), "a copy of a set that failed verification is not kept"
     monkeypatch.undo()
     # a bad set is not counted by retention and is pruned after the next good set
     res = take_set({"engine": "sqlite", "database": str(db), "backup_dir": str(backup_dir), "keep": 1})
@@ -942,3 +950,72 @@ def test_module_runs_under_ansible(tmp_path, backup_dir):
         tmp_path, {"state": "restored", "backup_dir": str(backup_dir), "set_id": res["set_id"]}, check=True
     )
     assert status == "CHANGED" and checked["changed"] is True
+
+
+# --------------------------------------------------------------------------- kept scratch copies (rehearsals)
+
+
+def _kept_copy_life(params, write_into_copy, read_live, exists):
+    """keep_scratch keeps the verified copy; writes into it leave the live database alone; scratch_dropped
+    refuses anything that is not such a copy, drops the copy, and a later set drops what a dead run left."""
+    before = read_live()
+    try:
+        _kept_copy_steps(params, write_into_copy, read_live, exists, before)
+    finally:
+        run(dict(params, state="scratch_dropped"))
+
+
+def _kept_copy_steps(params, write_into_copy, read_live, exists, before):
+    taken = take_set(dict(params, keep_scratch=True))
+    copy = taken["scratch_database"]
+    assert exists(copy) and taken["verified"]
+    write_into_copy(copy)
+    assert read_live() == before, "the live database changed with its scratch copy"
+
+    with pytest.raises(BackupError, match="is not a scratch copy"):
+        run(dict(params, state="scratch_dropped", scratch_database=params["database"]))
+    assert read_live() == before
+
+    left = take_set(dict(params, keep_scratch=True))["scratch_database"]  # the first copy: left by a "dead" run
+    assert not exists(copy) and exists(left)
+    dropped = run(dict(params, state="scratch_dropped", scratch_database=left))
+    assert dropped["changed"] and not exists(left)
+    assert run(dict(params, state="scratch_dropped"))["dropped"] == []
+    assert take_set(params).get("scratch_database") is None, "kept only when asked"
+
+
+@needs_mysql
+def test_mysql_kept_scratch_copy(mysql_db, backup_dir):
+    my("CREATE TABLE items (id INT PRIMARY KEY, name TEXT); INSERT INTO items VALUES (1, 'a'), (2, 'b');", mysql_db)
+    _kept_copy_life(
+        mysql_params(mysql_db, backup_dir),
+        write_into_copy=lambda copy: my("ALTER TABLE items ADD COLUMN price INT; DELETE FROM items;", copy),
+        read_live=lambda: my("SHOW CREATE TABLE items; SELECT * FROM items ORDER BY id;", mysql_db),
+        exists=lambda copy: my_rows(f"SHOW DATABASES LIKE '{copy}'") != [],
+    )
+
+
+@needs_pg
+def test_postgres_kept_scratch_copy(pg_db, backup_dir):
+    pg("CREATE TABLE items (id INT PRIMARY KEY, name TEXT); INSERT INTO items VALUES (1, 'a'), (2, 'b');", pg_db)
+    _kept_copy_life(
+        pg_params(pg_db, backup_dir),
+        write_into_copy=lambda copy: pg("ALTER TABLE items ADD COLUMN price INT; DELETE FROM items;", copy),
+        read_live=lambda: pg("SELECT column_name FROM information_schema.columns WHERE table_name = 'items' "
+                             "ORDER BY 1; SELECT * FROM items ORDER BY id;", pg_db),
+        exists=lambda copy: pg(f"SELECT 1 FROM pg_database WHERE datname = '{copy}'").strip() == "1",
+    )
+
+
+def test_sqlite_kept_scratch_copy(tmp_path, backup_dir):
+    live = tmp_path / "app.db"
+    make_sqlite(live)
+
+    def write_into_copy(copy):
+        assert Path(copy).parent == backup_dir
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            conn.executescript("ALTER TABLE items ADD COLUMN extra INT; DELETE FROM kv;")
+
+    _kept_copy_life(dict(engine="sqlite", database=str(live), backup_dir=str(backup_dir)),
+                    write_into_copy=write_into_copy, read_live=lambda: sqlite_snapshot(live),
+                    exists=lambda copy: Path(copy).exists())

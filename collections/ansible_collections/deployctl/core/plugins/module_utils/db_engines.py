@@ -25,3 +25,11 @@ class Engine:
 
     def close(self):
         pass
+
+    def scratch_location(self, name):
+        """What the app is pointed at to use the scratch database `name` (its name on a database server)."""
+        return name
+
+    def scratch_name_of(self, location):
+        """The scratch database's name, from what scratch_location gave."""
+        return location

@@ -227,18 +227,29 @@ class MysqlEngine(Engine):
         with source.stream() as src:
             run_with_stdin(argv, src, f"loading the dump into {db}")
 
-    def scratch_state(self, source, manifest):
-        scratch = self.p["scratch_prefix"] + _random.token_hex(6)
+    def scratch_state(self, source, manifest, keep=None):
+        scratch = keep or self.p["scratch_prefix"] + _random.token_hex(6)
         opts = manifest.get("database_options") or {}
         create = f"CREATE DATABASE {_my_ident(scratch)}"
         if opts.get("charset"):
             create += " CHARACTER SET {} COLLATE {}".format(opts["charset"], opts["collation"])
+        kept = False
         try:
             self.query(create + ";")
             self._load(source, scratch)
-            return self.inspect(scratch, expected=manifest.get("tables"))
+            state = self.inspect(scratch, expected=manifest.get("tables"))
+            kept = keep is not None
+            return state
         finally:
-            self.query(f"DROP DATABASE IF EXISTS {_my_ident(scratch)};")
+            if not kept:
+                self.drop_scratch(scratch)
+
+    def drop_scratch(self, name):
+        self.query(f"DROP DATABASE IF EXISTS {_my_ident(name)};")
+
+    def scratch_names(self, prefix):
+        like = prefix.replace("_", "\\_")  # a prefix is letters, digits and '_' only
+        return [row[0] for row in self.query(f"SHOW DATABASES LIKE '{like}%';") if row[0].startswith(prefix)]
 
     def restore_live(self, source, manifest):
         db = self.database

@@ -326,9 +326,10 @@ class PostgresEngine(Engine):
         with source.stream() as src:
             run_with_stdin(argv, src, what, env=self.env)
 
-    def scratch_state(self, source, manifest):
-        scratch = self.p["scratch_prefix"] + _random.token_hex(6)
+    def scratch_state(self, source, manifest, keep=None):
+        scratch = keep or self.p["scratch_prefix"] + _random.token_hex(6)
         opts = manifest.get("database_options") or {}
+        kept = False
         try:
             try:
                 self.query(self._create_sql(scratch, opts), self.maintenance_db)
@@ -339,9 +340,19 @@ class PostgresEngine(Engine):
                 ["--no-owner", "-d", _pg_conninfo(scratch)],
                 f"pg_restore into scratch database {scratch}",
             )
-            return self.inspect(scratch)
+            state = self.inspect(scratch)
+            kept = keep is not None
+            return state
         finally:
-            self._drop(scratch)
+            if not kept:
+                self._drop(scratch)
+
+    def drop_scratch(self, name):
+        self._drop(name)
+
+    def scratch_names(self, prefix):
+        rows = self.query("SELECT datname FROM pg_catalog.pg_database;", self.maintenance_db)
+        return [row for row in rows if row.startswith(prefix)]
 
     def restore_live(self, source, manifest):
         db = self.database

@@ -6,6 +6,7 @@ Standard library only: runs on the managed hosts (Python 3.8+)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -141,18 +142,45 @@ class SqliteEngine(Engine):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def scratch_state(self, source, manifest):
+    def scratch_state(self, source, manifest, keep=None):
         with source.as_file() as path:
             conn = sqlite3.connect(_sqlite_uri(path), uri=True, isolation_level=None)
             try:
                 res = conn.execute("PRAGMA integrity_check").fetchall()
                 if [r[0] for r in res] != ["ok"]:
                     raise BackupError(f"integrity_check of the copy failed: {res[:5]}")
-                return self._inspect_conn(conn)
+                state = self._inspect_conn(conn)
             except sqlite3.DatabaseError as exc:
                 raise BackupError(f"the copy is not a valid sqlite database: {exc}") from exc
             finally:
                 conn.close()
+            if keep is not None:
+                # a file of its own beside the sets: the rehearsal writes into it, never into the set
+                target = self.scratch_location(keep)
+                shutil.copyfile(path, target)
+                os.chmod(target, 0o600)
+            return state
+
+    def scratch_location(self, name):
+        return os.path.join(self.p["backup_dir"], name + ".sqlite")
+
+    def scratch_name_of(self, location):
+        directory, base = os.path.split(location)
+        if directory == self.p["backup_dir"] and base.endswith(".sqlite"):
+            return base[: -len(".sqlite")]
+        return location
+
+    def drop_scratch(self, name):
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.scratch_location(name) + suffix)
+
+    def scratch_names(self, prefix):
+        try:
+            names = os.listdir(self.p["backup_dir"])
+        except FileNotFoundError:
+            return []
+        return [n[: -len(".sqlite")] for n in names if n.startswith(prefix) and n.endswith(".sqlite")]
 
     def restore_live(self, source, manifest):
         with source.as_file() as path:

@@ -7,7 +7,9 @@ Standard library only: runs on the managed hosts (Python 3.8+)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -60,7 +62,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams impo
     passphrase_file,
 )
 
-STATES = ("present", "restored", "listed", "verified", "inspected", "checked")
+STATES = ("present", "restored", "listed", "verified", "inspected", "checked", "scratch_dropped")
 ENGINE_NAMES = ("sqlite", "mysql", "postgresql")
 
 ARGUMENT_SPEC = dict(
@@ -84,6 +86,8 @@ ARGUMENT_SPEC = dict(
     verify=dict(type="bool", default=True),
     encryption_key=dict(type="str", no_log=True),
     scratch_prefix=dict(type="str", default="deployctl_verify_"),
+    keep_scratch=dict(type="bool", default=False),
+    scratch_database=dict(type="str"),
     force=dict(type="bool", default=False),
 )
 REQUIRED_IF = [
@@ -91,6 +95,7 @@ REQUIRED_IF = [
     ("state", "inspected", ("engine", "database")),
     ("state", "restored", ("set_id",)),
     ("state", "verified", ("set_id",)),
+    ("state", "scratch_dropped", ("engine", "database")),
 ]
 # Callers other than AnsibleModule (the unit tests) get the same defaults.
 DEFAULTS = {name: option.get("default") for name, option in ARGUMENT_SPEC.items()}
@@ -148,19 +153,44 @@ def source_of(set_dir, manifest, name, key_file):
     return SetFileSource(os.path.join(set_dir, name), info, key_file, set_dir)
 
 
-def verify_copy(engine, set_dir, manifest, key_file):
-    """Check file hashes, restore into a scratch database and compare. Raises VerifyError."""
+def kept_scratch_prefix(p):
+    """The names of the scratch copies kept for a rehearsal of `database`'s migrations: the scratch prefix,
+    then a digest of the database's name (another database's copies on the same server are not its own)."""
+    digest = hashlib.sha256(str(p["database"]).encode("utf-8")).hexdigest()[:8]
+    return f"{p['scratch_prefix']}keep_{digest}_"
+
+
+def verify_copy(engine, set_dir, manifest, key_file, keep=None):
+    """Check file hashes, restore into a scratch database and compare. Raises VerifyError. With `keep`, the
+    scratch database of that name stays when the set verifies (it is dropped when it does not)."""
     try:
         check_set_files(set_dir, manifest, key_file)
-        actual = engine.scratch_state(source_of(set_dir, manifest, DUMP_FILE, key_file), manifest)
+        actual = engine.scratch_state(source_of(set_dir, manifest, DUMP_FILE, key_file), manifest, keep=keep)
     except VerifyError:
         raise
     except BackupError as exc:
         raise VerifyError(exc.msg) from exc
     problems, fallback = compare_states(manifest, actual)
     if problems:
+        if keep is not None:
+            engine.drop_scratch(keep)
         raise VerifyError("scratch restore does not match the recorded state: " + "; ".join(problems[:20]))
     return fallback
+
+
+def drop_kept_scratch(engine, p, check_mode=False):
+    """Drop the scratch copies kept for `database` (one named, or all its own): returns the names dropped."""
+    prefix = kept_scratch_prefix(p)
+    if p["scratch_database"]:
+        if not engine.scratch_name_of(p["scratch_database"]).startswith(prefix):
+            raise BackupError(f"{p['scratch_database']} is not a scratch copy of {p['database']} (its name would "
+                              f"start with {prefix}): not dropped")
+        names = [engine.scratch_name_of(p["scratch_database"])]
+    else:
+        names = engine.scratch_names(prefix)
+    for name in names if not check_mode else ():
+        engine.drop_scratch(name)
+    return names
 
 
 def take_set(params, hooks=None, check_mode=False):
@@ -200,6 +230,7 @@ def take_set(params, hooks=None, check_mode=False):
         db_options = engine.database_options()
 
         os.mkdir(set_dir, 0o700)
+        keep = kept_scratch_prefix(p) + secrets.token_hex(4) if p["keep_scratch"] and p["verify"] else None
         keep_dir = False
         sinks = []
         try:
@@ -251,8 +282,10 @@ def take_set(params, hooks=None, check_mode=False):
                 fallback = []
                 if p["verify"]:
                     t1 = time.monotonic()
+                    if keep:
+                        drop_kept_scratch(engine, dict(p, scratch_database=None))  # left by a run that died
                     try:
-                        fallback = verify_copy(engine, set_dir, manifest, key_file)
+                        fallback = verify_copy(engine, set_dir, manifest, key_file, keep=keep)
                     except VerifyError as exc:
                         manifest.update(
                             verified=False,
@@ -299,6 +332,7 @@ def take_set(params, hooks=None, check_mode=False):
         "verified": manifest["verified"],
         "checksum_fallback": fallback,
         "data": data_digest(manifest),
+        **({"scratch_database": engine.scratch_location(keep)} if keep else {}),
     }
 
 
@@ -456,6 +490,11 @@ def _dispatch(p, state, check_mode, hooks):
         return inspect_live(p)
     if state == "checked":
         return check_ready(p)
+    if state == "scratch_dropped":
+        p = normalize_params(p)
+        with open_engine(p) as engine:
+            dropped = drop_kept_scratch(engine, p, check_mode)
+        return {"changed": bool(dropped), "dropped": dropped}
     if state == "listed":
         normalize_params(p)
         return {"changed": False, "sets": list_all_sets(os.path.abspath(p["backup_dir"]))}

@@ -46,8 +46,10 @@ options:
       - V(checked) proves, before anything changes, that a set can be taken and verified here (the backup
         directory is writable, the user may create and drop a scratch database; the message gives the grant
         it lacks) and, with O(set_id), that the set is complete and its files match their hashes.
+      - V(scratch_dropped) drops the scratch copy O(scratch_database) that O(keep_scratch) kept, or without it
+        every copy kept for O(database); a name that is not such a copy is refused, never dropped.
     type: str
-    choices: [present, restored, listed, verified, inspected, checked]
+    choices: [present, restored, listed, verified, inspected, checked, scratch_dropped]
     default: present
   engine:
     description:
@@ -132,6 +134,16 @@ options:
     description: Name prefix of the scratch databases used for verification (a random suffix is added).
     type: str
     default: deployctl_verify_
+  keep_scratch:
+    description:
+      - With O(state=present), keep the scratch database the new set was verified in (its name is
+        C(scratch_database); for SQLite a file beside the sets), for example to rehearse migrations on it.
+        Copies an earlier run kept for the same database are dropped first. O(state=scratch_dropped) drops it.
+    type: bool
+    default: false
+  scratch_database:
+    description: With O(state=scratch_dropped), the kept copy to drop (as C(scratch_database) returned it).
+    type: str
   force:
     description: With O(state=restored), restore a set that is marked bad or was never verified.
     type: bool
@@ -193,6 +205,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+scratch_database:
+  description: The scratch copy kept (O(keep_scratch)); a database name, or for SQLite the file's path.
+  returned: when state is present and keep_scratch is true
+  type: str
+dropped:
+  description: The scratch copies dropped.
+  returned: when state is scratch_dropped
+  type: list
+  elements: str
 set_id:
   description: Id of the set taken, verified or restored.
   returned: when state is present, restored or verified
