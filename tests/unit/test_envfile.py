@@ -6,7 +6,15 @@ import subprocess
 import dotenv
 import pytest
 import yaml
-from ansible_collections.deployctl.core.plugins.module_utils.envfile import BEGIN, END, EnvError, block, merged
+from ansible_collections.deployctl.core.plugins.module_utils.envfile import (
+    BEGIN,
+    END,
+    EnvError,
+    block,
+    merged,
+    owned_keys,
+    without_keys,
+)
 
 VALUES = {
     "PLAIN": "postgresql://app@db:5432/shop",
@@ -74,3 +82,11 @@ def test_only_the_marked_block_changes():
     assert again.startswith("# mine\nOWN=1\n" + BEGIN) and again.endswith(END + "\nAFTER=2\n")
     assert "A=changed" in again and "B=new" in again and "A=1" not in again
     assert merged("OWN=1", {"A": "1"}) == "OWN=1\n" + block({"A": "1"})
+
+
+def test_a_rehearsal_copy_leaves_out_the_operators_lines_it_overrides():
+    existing = f"# mine\nDATABASE_URL=postgres://live\nexport SMTP=x\n{BEGIN}\nDATABASE_URL=old\n{END}\nLAST=1\n"
+    copy = merged(without_keys(existing, {"DATABASE_URL": "postgres://scratch"}), {"DATABASE_URL": "postgres://scratch"})
+    assert "postgres://live" not in copy and "# mine" in copy and "export SMTP=x" in copy and "LAST=1" in copy
+    assert owned_keys(copy) == ["SMTP", "LAST"]
+    assert "DATABASE_URL=postgres://scratch\n" in copy

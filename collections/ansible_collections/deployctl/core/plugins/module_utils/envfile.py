@@ -103,10 +103,10 @@ def merged(existing, values):
     return replaced_block(existing, block(values) if values else "")
 
 
-def owned_keys(existing):
-    """Variables defined outside deployctl's block that deployctl_env would define again (a conflict)."""
-    keys, inside = [], False
-    for line in existing.splitlines():
+def _assigned_outside(lines):
+    """(line index, variable) of each assignment outside deployctl's block."""
+    inside = False
+    for index, line in enumerate(lines):
         if line == BEGIN:
             inside = True
         elif line == END:
@@ -114,5 +114,16 @@ def owned_keys(existing):
         elif not inside:
             match = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
             if match:
-                keys.append(match.group(1))
-    return keys
+                yield index, match.group(1)
+
+
+def owned_keys(existing):
+    """Variables defined outside deployctl's block that deployctl_env would define again (a conflict)."""
+    return [key for _, key in _assigned_outside(existing.splitlines())]
+
+
+def without_keys(existing, keys):
+    """`existing` without the lines outside deployctl's block that set one of `keys`."""
+    lines = existing.splitlines(True)
+    dropped = {index for index, key in _assigned_outside([line.rstrip("\r\n") for line in lines]) if key in keys}
+    return "".join(line for index, line in enumerate(lines) if index not in dropped)

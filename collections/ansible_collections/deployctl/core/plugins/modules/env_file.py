@@ -34,6 +34,12 @@ options:
   values: {description: The variables of the block (C(present))., type: dict, default: {}}
   save_to: {description: Where the block as it was is saved before C(present) changes it (mode 0600)., type: path}
   dest: {description: "Where the file with the block is written (C(present)); O(path) then stays as it is.", type: path}
+  override:
+    description:
+      - "With O(dest), variables set in the copy over any line of O(path) that sets them (those lines are left out
+        of the copy, the variables go into its block), as for a migration rehearsal's copy pointed at a scratch
+        database."
+    type: dict
   restore_from:
     description: With C(restored), saved blocks in order of preference; the first that exists is put back.
     type: list
@@ -67,6 +73,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.envfile import (
     merged,
     owned_keys,
     replaced_block,
+    without_keys,
 )
 from ansible_collections.deployctl.core.plugins.module_utils.files import (
     read_json,
@@ -84,9 +91,11 @@ def main():
             "values": {"type": "dict", "default": {}, "no_log": True},
             "save_to": {"type": "path"},
             "dest": {"type": "path"},
+            "override": {"type": "dict", "no_log": True},
             "restore_from": {"type": "list", "elements": "path", "default": []},
         },
         mutually_exclusive=[("dest", "save_to")],
+        required_by={"override": "dest"},
         supports_check_mode=True,
     )
     params = module.params
@@ -102,11 +111,14 @@ def main():
             saved = read_json(restored_from)["block"]
             wanted = replaced_block(existing or "", saved) if existing is not None or saved else None
         else:
-            conflicts = sorted(set(owned_keys(existing or "")) & set(values))
+            override = params["override"] or {}
+            source = without_keys(existing or "", override) if override else existing or ""
+            conflicts = sorted(set(owned_keys(source)) & set(values))
             if conflicts:
                 raise EnvError(f"{path} sets {', '.join(conflicts)} outside deployctl's block too: remove it there, "
                                "or from deployctl_env")
-            wanted = merged(existing or "", values)
+            values = {**values, **override}
+            wanted = merged(source, values)
     except (EnvError, ValueError, KeyError) as exc:
         module.fail_json(msg=str(exc))
     target = params["dest"] or path
