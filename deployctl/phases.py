@@ -14,6 +14,7 @@ class Phase(StrEnum):
     STATE = "state"
     BACKUP = "backup"
     STAGE = "stage"
+    REHEARSE = "rehearse"
     DATA_CHECK = "data check"
     MAINTENANCE_ON = "maintenance on"
     DEPLOY = "deploy"
@@ -42,6 +43,8 @@ PHASES: dict[Phase, PhaseSpec] = {
     Phase.BACKUP: PhaseSpec("backup.yml"),
     # unpacks the release (or fetches its image) beside the live one, before maintenance
     Phase.STAGE: PhaseSpec("stage.yml"),
+    # the new release's migrations on the scratch copy of the pre-release set, before maintenance
+    Phase.REHEARSE: PhaseSpec("rehearse.yml"),
     Phase.DATA_CHECK: PhaseSpec("data_state.yml"),
     Phase.MAINTENANCE_ON: PhaseSpec("maintenance.yml", {"deployctl_maintenance_state": "on"}),
     Phase.DEPLOY: PhaseSpec("deploy.yml"),

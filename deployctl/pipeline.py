@@ -23,6 +23,7 @@ from deployctl.history import RUNNING, Deployment, History
 from deployctl.notify import ANNOUNCED_ACTIONS, Notifier, finish_event, verification_event
 from deployctl.phases import PHASES, Phase
 from deployctl.project import Environment, Project
+from deployctl.report import predicted_window
 from deployctl.runner import AnsibleRunner, PhaseResult, Stream, content_dir
 
 # How a deployment's entries end in the hosts' records, by its outcome (deployctl.core.release_record).
@@ -257,8 +258,9 @@ class Pipeline:
         # the migrations run before the switch or after the restart (deployctl_migrate_order, which preflight
         # reports): the one run of the plan has a place for both, and skips the other
         run.plan = [Phase.LOCK, Phase.PREFLIGHT, *([Phase.BACKUP] if self.env.backup else []), Phase.STAGE,
-                    Phase.MAINTENANCE_ON, Phase.MIGRATE, Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY,
-                    Phase.DATA_STATE, Phase.MAINTENANCE_OFF, Phase.UNLOCK]
+                    *([Phase.REHEARSE] if self.env.backup else []), Phase.MAINTENANCE_ON, Phase.MIGRATE,
+                    Phase.DEPLOY, Phase.MIGRATE, Phase.VERIFY, Phase.DATA_STATE, Phase.MAINTENANCE_OFF,
+                    Phase.UNLOCK]
         self._lock(run)
         preflight = self._phase(run, Phase.PREFLIGHT, {**extra, "deployctl_begin": True})
         if not gate(preflight):
@@ -268,6 +270,11 @@ class Pipeline:
             return self._stop_unchanged(run, "preflight failed: the hosts set different deployctl_migrate_order "
                                              f"values ({', '.join(sorted(orders))}); set one for the environment")
         window = ((Phase.MIGRATE, Phase.DEPLOY) if orders == {"before_switch"} else (Phase.DEPLOY, Phase.MIGRATE))
+        rehearse = any(preflight.report("migrate_rehearse").values())
+        if rehearse and not self.env.backup:
+            return self._stop_unchanged(run, "preflight failed: deployctl_migrate_rehearse runs the migrations on "
+                                             "the backup's scratch copy, and this environment takes no backups "
+                                             "(backup: false)")
         self._note(run, before={h: s.get("live") for h, s in preflight.report("state").items()})
         if run.details["before"] and set(run.details["before"].values()) == {version} and not again(version):
             return self._stop_unchanged(run, f"{version} is already live on every host; release it again with "
@@ -279,6 +286,10 @@ class Pipeline:
         stage = self._phase(run, Phase.STAGE, extra)
         if not gate(stage):
             return self._stop_unchanged(run, f"stage failed: {stage.problem()}")
+        if rehearse:
+            refused = self._rehearse(run, extra)
+            if refused is not None:
+                return refused
         self._touch(run)
         for phase in (Phase.MAINTENANCE_ON, *window, Phase.VERIFY):
             if phase is Phase.MIGRATE:
@@ -298,6 +309,34 @@ class Pipeline:
                                 f"{version} is live but maintenance mode could not be turned off: {off.problem()}")
         self._note(run, after={h: version for h in run.details.get("deployed_hosts", [])})
         return self._finish(run, ExitCode.OK, "live", f"{version} is live")
+
+    def _rehearse(self, run: Run, extra: dict) -> Outcome | None:
+        """Run the release's migrations on the scratch copy of the pre-release set, before maintenance goes up:
+        an outcome when they failed (nothing served changed) or reached the live database."""
+        scratch = run.details.get("scratch_database")
+        if not scratch or not any(run.before.values()):
+            self.output.progress("no rehearsal of the migrations: " + (
+                "no release is live yet" if scratch else "no scratch copy of the data was kept"))
+            return None
+        result = self._phase(run, Phase.REHEARSE, {**extra, "deployctl_scratch_database": scratch})
+        rehearsal = next(iter(result.report("rehearsal").values()), {})
+        live = rehearsal.get("live") or {}
+        if live.get("before") is not None and live.get("before") != live.get("after"):
+            self._note(run, needs_attention=sorted(result.report("rehearsal")))
+            return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
+                                f"rehearsal: {rehearsal.get('problem')}; maintenance never went up and no code "
+                                "changed: check the live database before releasing again")
+        if not gate(result):
+            return self._stop_unchanged(run, f"rehearsal failed: {rehearsal.get('problem') or result.problem()}"
+                                             "; no downtime")
+        seconds = float(rehearsal.get("seconds") or 0)
+        previous = next((d for d in self.history.recent(self.env.name, limit=20, action="release", outcome="live")
+                         if d.id != run.deployment.id), None)
+        predicted = round(predicted_window(previous, seconds), 3)
+        self._note(run, rehearsal={"seconds": seconds, "schema": rehearsal.get("schema")}, predicted_window=predicted)
+        self.output.progress(f"rehearsal: the migrations took {seconds:.1f} s on a copy of the data; "
+                             f"predicted maintenance window {predicted:.1f} s")
+        return None
 
     def _rollback(self, run: Run, to: str | None, data: str) -> Outcome:
         run.plan = [Phase.LOCK, Phase.STATE, Phase.DATA_CHECK, Phase.STOP_COMMANDS, Phase.MAINTENANCE_ON,
@@ -918,7 +957,8 @@ class Pipeline:
                                                  "deployctl_live_version": ",".join(live)})
         taken = next(iter(result.report("backup").values()), None)
         if taken:
-            self._note(run, backup_set=taken.get("set_id"), data_before=taken.get("data"))
+            self._note(run, backup_set=taken.get("set_id"), data_before=taken.get("data"),
+                       **({"scratch_database": taken["scratch_database"]} if taken.get("scratch_database") else {}))
         return result
 
     def _rollback_variables(self, targets: dict, restore: str | None, live) -> dict:

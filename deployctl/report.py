@@ -89,7 +89,19 @@ def downtime(deployment: Deployment) -> dict:
     if not ends:
         return _metric("downtime", None, "maintenance mode was not turned off", missed=True)
     seconds = sum(p.get("seconds") or 0 for p in deployment.phases[start + 1:ends[-1] + 1])
-    return _metric("downtime", seconds, f"end of {Phase.MAINTENANCE_ON} → end of {Phase.MAINTENANCE_OFF}")
+    predicted = deployment.details.get("predicted_window")
+    against = f"; predicted {_display(predicted, 's')} by the rehearsal" if predicted is not None else ""
+    return _metric("downtime", seconds, f"end of {Phase.MAINTENANCE_ON} → end of {Phase.MAINTENANCE_OFF}{against}")
+
+
+def predicted_window(previous: Deployment | None, migration_seconds: float) -> float:
+    """The maintenance window a release should take, from its rehearsed migrations: the last release's window
+    with its own migrations replaced by these (only the migrations, when no release came before)."""
+    window = downtime(previous)["value"] if previous is not None else None
+    if window is None:
+        return migration_seconds
+    migrated = sum(p.get("seconds") or 0 for p in previous.phases if p.get("name") == Phase.MIGRATE)
+    return max(window - migrated, 0.0) + migration_seconds
 
 
 def _checks_of(checks: list[dict], kind: str, name_hint: str) -> list[dict]:

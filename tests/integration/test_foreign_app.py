@@ -8,7 +8,8 @@ command goes through deployctl's CLI. The tests run in order on one live project
 
     v1 (creates notes) → v2 (adds notes.author, moves data) → v3 (a migration failing halfway: rolled
     back) → careless operators → v4 (a slow migration: a second release refused, then Ctrl-C) →
-    rollback refused (users wrote) → rollback --restore-data → v2 again → rollback --keep-data
+    rollback refused (users wrote) → rollback --restore-data → v2 again → rollback --keep-data →
+    the rehearsal on: v3 refused with no downtime → v2 with a predicted window
 """
 
 from __future__ import annotations
@@ -496,3 +497,40 @@ def test_rollback_keep_data_rolls_back_the_code_only(trial):
     assert trial.schema_version() == "0002"
     state = trial.status()
     assert (state["live"], state["maintenance"], state["lock"]) == ("v1", False, None)
+
+
+# ------------------------------------------------------------------------------- rehearsing the migrations
+
+
+def test_with_the_rehearsal_on_a_failing_migration_costs_no_downtime(trial):
+    """The operator turns on the rehearsal as the README shows; alembic reads DATABASE_URL from .env only."""
+    settings = yaml.safe_load(trial.group_vars.read_text())
+    settings["deployctl_migrate_rehearse"] = True
+    settings["deployctl_migrate_rehearsal_env"] = {
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/{{ deployctl_scratch_database }}"}
+    trial.group_vars.write_text(yaml.safe_dump(settings, sort_keys=False))
+    before, env_before = trial.db_hash(), trial.env_text()
+
+    result = trial.run("release", "v3")
+    assert result.rc == 3, result.text
+    assert "failed their rehearsal" in result.message and "no_such_column" in result.message
+    phases = [p["name"] for p in result.doc["deployment"]["phases"]]
+    assert "rehearse" in phases and "maintenance on" not in phases
+    assert trial.db_hash() == before, "the live database was not touched"
+    assert trial.env_text() == env_before, "the operator's .env was not touched"
+    state = trial.status()
+    assert (state["live"], state["maintenance"], state["lock"], state["pending"]) == ("v1", False, None, None)
+    assert trial.served() == "v1"
+    assert psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'deployctl_verify_%'") == "0"
+
+
+def test_with_the_rehearsal_on_a_release_predicts_its_window(trial):
+    result = trial.run("release", "v2")
+    assert result.rc == 0, result.text
+    details = result.doc["deployment"]["details"]
+    rehearsed = details["rehearsal"]["schema"]
+    assert rehearsed["before"] == rehearsed["after"] and "0002" in rehearsed["after"]  # v2's migrations ran already
+    assert details["predicted_window"] > 0
+    assert (trial.app_root / "releases" / "v2" / ".env").is_symlink(), "the rehearsal's copy is gone at the switch"
+    assert "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/" + trial.database in trial.outside_block()
+    assert psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'deployctl_verify_%'") == "0"

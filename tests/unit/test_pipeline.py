@@ -11,15 +11,16 @@ import pytest
 from deployctl import processes
 from deployctl.console import Output
 from deployctl.errors import DeployctlError, ExitCode, StateError
-from deployctl.history import History
+from deployctl.history import Deployment, History
 from deployctl.pipeline import Pipeline
 from deployctl.project import Environment, Project
+from deployctl.report import predicted_window
 from tests.support.stub_runner import Answer, StubRunner
 
 RELEASE = ["lock", "preflight", "backup", "stage", "maintenance on", "migrate", "deploy", "verify", "data state",
            "maintenance off", "unlock"]
-# the one run's plays: a place for the migrations before the switch and after the restart
-PLAN = [*RELEASE[:7], "migrate", *RELEASE[7:]]
+# the one run's plays: a place for the rehearsal, and for the migrations before the switch and after the restart
+PLAN = [*RELEASE[:4], "rehearse", *RELEASE[4:7], "migrate", *RELEASE[7:]]
 DATA_A = {"tables": {"items": {"rows": 2, "digest": "a"}}, "objects": {}}
 DATA_B = {"tables": {"items": {"rows": 3, "digest": "b"}}, "objects": {}}
 DEAD_PROCESS = {"control_node": socket.gethostname(), "pid": 999999999, "start_ticks": 1, "run_id": "x"}
@@ -838,3 +839,66 @@ def test_rollback_after_a_release_that_switched_no_host_refuses_when_users_wrote
     outcome = pipeline.rollback()
     assert outcome.exit_code == ExitCode.FAILED_UNCHANGED and ident in outcome.message
     assert "--restore-data" in outcome.message and "rollback" not in runner.phases
+
+
+def rehearsal_answers(runner, rehearsal, live="v1"):
+    """A release with deployctl_migrate_rehearse: preflight says so, the backup kept its scratch copy."""
+    runner.answer("preflight", Answer(reports={"localhost": {**host_state(live), "migrate_rehearse": True}}))
+    runner.answer("backup", Answer(reports={"localhost": {"backup": {"set_id": "S1", "data": DATA_A,
+                                                                     "scratch_database": "scratch_1"}}}))
+    if rehearsal is not None:
+        runner.answer("rehearse", rehearsal)
+    release_answers(runner, live=live)
+
+
+REHEARSED = {"seconds": 2.5, "schema": {"before": "0001", "after": "0002"},
+             "live": {"before": "0001", "after": "0001"}, "problem": ""}
+
+
+def test_the_migrations_are_rehearsed_on_the_scratch_copy_before_maintenance(make):
+    pipeline, runner = make()
+    rehearsal_answers(runner, Answer(reports={"localhost": {"rehearsal": REHEARSED}}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.OK
+    assert runner.phases == [*RELEASE[:4], "rehearse", *RELEASE[4:]]
+    assert runner.variables("rehearse")["deployctl_scratch_database"] == "scratch_1"
+    details = pipeline.history.get(outcome.deployment.id).details
+    assert details["rehearsal"]["seconds"] == 2.5 and details["predicted_window"] == 2.5  # no release before
+
+
+def test_a_migration_that_fails_its_rehearsal_stops_the_release_with_no_downtime(make):
+    pipeline, runner = make()
+    failed = {**REHEARSED, "problem": "the migrations failed their rehearsal on a copy of the data: boom"}
+    rehearsal_answers(runner, Answer(failed={"localhost": failed["problem"]},
+                                     reports={"localhost": {"rehearsal": failed}}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.FAILED_UNCHANGED
+    assert "failed their rehearsal" in outcome.message and "boom" in outcome.message
+    assert runner.phases == ["lock", "preflight", "backup", "stage", "rehearse", "unlock"]
+
+
+def test_a_rehearsal_that_reached_the_live_database_needs_a_human(make):
+    pipeline, runner = make()
+    touched = {**REHEARSED, "live": {"before": "0001", "after": "0002"},
+               "problem": "the live database's schema version changed during the rehearsal (0001 -> 0002)"}
+    rehearsal_answers(runner, Answer(failed={"localhost": "x"}, reports={"localhost": {"rehearsal": touched}}))
+    outcome = pipeline.release("v2")
+    assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "changed during the rehearsal" in outcome.message
+    assert "maintenance on" not in runner.phases and "deploy" not in runner.phases
+
+
+def test_a_first_release_has_nothing_to_rehearse_against(make):
+    pipeline, runner = make()
+    rehearsal_answers(runner, None, live=None)
+    outcome = pipeline.release("v1")
+    assert outcome.exit_code == ExitCode.OK and "rehearse" not in runner.phases
+
+
+def test_the_predicted_window_replaces_the_last_releases_migrations_with_the_rehearsed_ones():
+    last = Deployment("D", "local", "release", "v1", "me", "t", phases=[
+        {"name": "maintenance on", "status": "passed", "seconds": 1.0},
+        {"name": "migrate", "status": "passed", "seconds": 4.0},
+        {"name": "deploy", "status": "passed", "seconds": 2.0},
+        {"name": "maintenance off", "status": "passed", "seconds": 1.0}])
+    assert predicted_window(last, 0.5) == 3.5  # 2 s of deploy + 1 s to turn maintenance off, + 0.5 s migrating
+    assert predicted_window(None, 0.5) == 0.5
