@@ -81,7 +81,8 @@ def test_a_rehearsal_whose_variables_the_app_does_not_read_is_caught(demo_projec
 
     result = project.run("release", "v2")
     assert result.code == 5, result
-    assert "changed during the rehearsal" in result.data["message"] and "maintenance never went up" in result.data["message"]
+    message = result.data["message"]
+    assert "changed during the rehearsal" in message and "maintenance never went up" in message
     assert "maintenance on" not in names(result)
     assert project.served_version() == "v1"
 
