@@ -119,7 +119,7 @@ def _assigned_outside(lines):
 
 def owned_keys(existing):
     """Variables defined outside deployctl's block that deployctl_env would define again (a conflict)."""
-    return [key for _, key in _assigned_outside(existing.splitlines())]
+    return [assigned[1] for assigned in _assigned_outside(existing.splitlines())]
 
 
 def without_keys(existing, keys):
