@@ -24,6 +24,7 @@ for path in (REPO, REPO / "collections"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from tests.support.databases import database, use_database  # noqa: E402
 from tests.support.project import DemoProject  # noqa: E402
 
 UNIT_DIRS = {"unit"}
@@ -121,3 +122,15 @@ def demo_project(tmp_path):
     yield make
     for project in projects:
         project.stop()
+
+
+@pytest.fixture
+def mariadb_project(demo_project):
+    """The demo app on its own MariaDB database and user (a password the app and the backup need)."""
+    project = demo_project()
+    with database("mysql") as (name, password):
+        use_database(project, "mysql", name, password)
+        try:
+            yield project
+        finally:
+            project.stop()

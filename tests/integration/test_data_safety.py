@@ -2,21 +2,7 @@
 
 import subprocess
 
-import pytest
-
-from tests.support.databases import database, mariadb, use_database
-
-
-@pytest.fixture
-def mariadb_project(demo_project):
-    """The demo app on its own MariaDB database and user (a password the app and the backup need)."""
-    project = demo_project()
-    with database("mysql") as (name, password):
-        use_database(project, "mysql", name, password)
-        try:
-            yield project
-        finally:
-            project.stop()
+from tests.support.databases import mariadb
 
 
 def test_half_applied_migration_on_mariadb_is_undone(mariadb_project):

@@ -8,7 +8,7 @@ outlives its release.
 
 import pytest
 
-from tests.support.databases import database, mariadb, use_database
+from tests.support.databases import mariadb
 from tests.support.faults import sqlite_state
 
 REHEARSAL = {"deployctl_migrate_rehearse": True,
@@ -105,19 +105,8 @@ def test_a_rehearsal_not_pointed_at_the_scratch_copy_is_refused_before_anything(
     assert names(result) == ["lock", "preflight", "unlock"]
 
 
-@pytest.fixture
-def mariadb_project(demo_project):
-    project = demo_project()
-    with database("mysql") as (name, password):
-        use_database(project, "mysql", name, password)
-        try:
-            yield rehearsing(project)
-        finally:
-            project.stop()
-
-
 def test_mariadb_a_failing_migration_is_rehearsed_on_a_copy_and_the_live_database_is_untouched(mariadb_project):
-    project = mariadb_project
+    project = rehearsing(mariadb_project)
     project.build("v1")
     project.build("v2", broken="migration")
     assert project.run("release", "v1").code == 0

@@ -182,14 +182,15 @@ def drop_kept_scratch(engine, p, check_mode=False):
     """Drop the scratch copies kept for `database` (one named, or all its own): returns the names dropped."""
     prefix = kept_scratch_prefix(p)
     if p["scratch_database"]:
-        if not engine.scratch_name_of(p["scratch_database"]).startswith(prefix):
+        names = [engine.scratch_name_of(p["scratch_database"])]
+        if not names[0].startswith(prefix):
             raise BackupError(f"{p['scratch_database']} is not a scratch copy of {p['database']} (its name would "
                               f"start with {prefix}): not dropped")
-        names = [engine.scratch_name_of(p["scratch_database"])]
     else:
         names = engine.scratch_names(prefix)
-    for name in names if not check_mode else ():
-        engine.drop_scratch(name)
+    if not check_mode:
+        for name in names:
+            engine.drop_scratch(name)
     return names
 
 
