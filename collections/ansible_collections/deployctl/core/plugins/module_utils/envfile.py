@@ -15,7 +15,14 @@ Standard library only (Python 3.8+): this runs on the managed hosts.
 
 from __future__ import annotations
 
+import os
 import re
+
+from ansible_collections.deployctl.core.plugins.module_utils.files import (
+    read_with_owner,
+    write_atomic,
+    write_json_atomic,
+)
 
 BEGIN = "# BEGIN deployctl: written from deployctl_env by every release; edit outside this block"
 END = "# END deployctl"
@@ -127,3 +134,31 @@ def without_keys(existing, keys):
     lines = existing.splitlines(True)
     dropped = {index for index, key in _assigned_outside([line.rstrip("\r\n") for line in lines]) if key in keys}
     return "".join(line for index, line in enumerate(lines) if index not in dropped)
+
+
+def write_block(path, values, dest=None, save_to=None, override=None, check=False):
+    """Write deployctl's block from `values` into the .env at `path` (or, with `dest`, the file with the block
+    to `dest`, replacing a link there; `override` then replaces the operator's lines that set its keys).
+    With `save_to`, the block as it was is saved there first, once. Returns (changed, keys, created);
+    EnvError when a value cannot be written exactly or a key is set outside the block too."""
+    data, mode, owner = read_with_owner(path, new_mode=0o600)
+    existing = None if data is None else data.decode("utf-8")
+    override = override or {}
+    source = without_keys(existing or "", override) if override else existing or ""
+    conflicts = sorted(set(owned_keys(source)) & set(values))
+    if conflicts:
+        raise EnvError(f"{path} sets {', '.join(conflicts)} outside deployctl's block too: remove it there, "
+                       "or from deployctl_env")
+    values = {**values, **override}
+    wanted = merged(source, values)
+    if save_to and not check and not os.path.exists(save_to):
+        os.makedirs(os.path.dirname(save_to), mode=0o700, exist_ok=True)
+        write_json_atomic(save_to, {"block": current_block(existing or "")}, mode=0o600)
+    target = dest or path
+    if target != path:
+        regular = os.path.isfile(target) and not os.path.islink(target)
+        existing = read_with_owner(target)[0].decode("utf-8") if regular else None
+    changed = wanted != existing
+    if changed and not check:
+        write_atomic(target, wanted, mode=mode, owner=owner)
+    return changed, sorted(values), existing is None and changed

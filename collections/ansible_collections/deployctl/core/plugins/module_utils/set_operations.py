@@ -89,6 +89,7 @@ ARGUMENT_SPEC = dict(
     keep_scratch=dict(type="bool", default=False),
     scratch_database=dict(type="str"),
     force=dict(type="bool", default=False),
+    missing_ok=dict(type="bool", default=False),
 )
 REQUIRED_IF = [
     ("state", "present", ("engine", "database")),
@@ -502,10 +503,23 @@ def _dispatch(p, state, check_mode, hooks):
     raise BackupError(f"unknown state {state!r}")
 
 
+MISSING_SKIPS = {"present": "back up", "inspected": "inspect", "checked": "check"}
+
+
+def missing_sqlite(p, state):
+    """True when missing_ok lets a state skip an SQLite database whose file does not exist (yet)."""
+    return bool(p.get("missing_ok") and p.get("engine") == "sqlite" and p.get("database")
+                and state in MISSING_SKIPS and not (state == "checked" and p.get("set_id"))
+                and not os.path.exists(p["database"]))
+
+
 def run(params, check_mode=False, hooks=None):
     """Dispatch on ``state``; secrets are scrubbed from error messages."""
     p = dict(params)
     state = p.get("state") or "present"
+    if missing_sqlite(p, state):
+        return {"changed": False, "skipped": True, "missing": True,
+                "msg": f"{p['database']} does not exist (yet): nothing to {MISSING_SKIPS[state]}"}
     try:
         return _dispatch(p, state, check_mode, hooks)
     except BackupError as exc:

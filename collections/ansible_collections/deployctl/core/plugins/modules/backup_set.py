@@ -148,6 +148,13 @@ options:
     description: With O(state=restored), restore a set that is marked bad or was never verified.
     type: bool
     default: false
+  missing_ok:
+    description:
+      - For an SQLite O(database) whose file does not exist (yet, before a first release), O(state=present),
+        O(state=inspected) and O(state=checked) (without O(set_id)) skip the task (C(skipped=true),
+        C(missing=true)) instead of failing.
+    type: bool
+    default: false
 notes:
   - Supports check mode. O(state=present) and O(state=restored) only report C(changed=true) in check mode.
   - O(state=verified) marks a set bad when verification fails, and marks a never-verified set verified when

@@ -67,20 +67,8 @@ restored_from: {description: "The saved block put back (C(restored)), null when 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.deployctl.core.plugins.module_utils.envfile import (
-    EnvError,
-    current_block,
-    merged,
-    owned_keys,
-    replaced_block,
-    without_keys,
-)
-from ansible_collections.deployctl.core.plugins.module_utils.files import (
-    read_json,
-    read_with_owner,
-    write_atomic,
-    write_json_atomic,
-)
+from ansible_collections.deployctl.core.plugins.module_utils.envfile import EnvError, replaced_block, write_block
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_json, read_with_owner, write_atomic
 
 
 def main():
@@ -99,42 +87,26 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    path, values = params["path"], params["values"]
-    data, mode, owner = read_with_owner(path, new_mode=0o600)
-    existing = None if data is None else data.decode("utf-8")
-    restored_from = None
+    path = params["path"]
     try:
-        if params["state"] == "restored":
-            restored_from = next((p for p in params["restore_from"] if os.path.exists(p)), None)
-            if restored_from is None:
-                module.exit_json(changed=False, keys=[], created=False, restored_from=None)
-            saved = read_json(restored_from)["block"]
-            wanted = replaced_block(existing or "", saved) if existing is not None or saved else None
-        else:
-            override = params["override"] or {}
-            source = without_keys(existing or "", override) if override else existing or ""
-            conflicts = sorted(set(owned_keys(source)) & set(values))
-            if conflicts:
-                raise EnvError(f"{path} sets {', '.join(conflicts)} outside deployctl's block too: remove it there, "
-                               "or from deployctl_env")
-            values = {**values, **override}
-            wanted = merged(source, values)
+        if params["state"] == "present":
+            changed, keys, created = write_block(path, params["values"], dest=params["dest"],
+                                                 save_to=params["save_to"], override=params["override"],
+                                                 check=module.check_mode)
+            module.exit_json(changed=changed, keys=keys, created=created, restored_from=None)
+        restored_from = next((p for p in params["restore_from"] if os.path.exists(p)), None)
+        if restored_from is None:
+            module.exit_json(changed=False, keys=[], created=False, restored_from=None)
+        saved = read_json(restored_from)["block"]
+        data, mode, owner = read_with_owner(path, new_mode=0o600)
+        existing = None if data is None else data.decode("utf-8")
+        wanted = replaced_block(existing or "", saved) if existing is not None or saved else None
     except (EnvError, ValueError, KeyError) as exc:
         module.fail_json(msg=str(exc))
-    target = params["dest"] or path
-    if target != path:
-        wanted = wanted if wanted is not None else existing or ""
-        regular = os.path.isfile(target) and not os.path.islink(target)
-        existing = read_with_owner(target)[0].decode("utf-8") if regular else None
     changed = wanted is not None and wanted != existing
-    if params["state"] == "present" and params["save_to"] and not module.check_mode and \
-            not os.path.exists(params["save_to"]):
-        os.makedirs(os.path.dirname(params["save_to"]), mode=0o700, exist_ok=True)
-        write_json_atomic(params["save_to"], {"block": current_block(existing or "")}, mode=0o600)
     if changed and not module.check_mode:
-        write_atomic(target, wanted, mode=mode, owner=owner)
-    module.exit_json(changed=changed, keys=sorted(values), created=existing is None and changed,
-                     restored_from=restored_from)
+        write_atomic(path, wanted, mode=mode, owner=owner)
+    module.exit_json(changed=changed, keys=[], created=existing is None and changed, restored_from=restored_from)
 
 
 if __name__ == "__main__":

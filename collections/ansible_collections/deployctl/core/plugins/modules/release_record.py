@@ -70,6 +70,16 @@ options:
         change); C(prepared) unpacks again a release that never went live.
     type: str
     default: ""
+  env:
+    description:
+      - deployctl's block of C(shared/.env), as M(deployctl.core.env_file) writes it (the operator's lines stay;
+        the same values are refused). C(staged) gives the release its own copy of C(shared/.env) with this
+        block (for commands that run in it before it goes live; with an empty dict, a plain copy); C(live)
+        writes the block into C(shared/.env) itself before linking it, when it holds any value.
+    type: dict
+  env_save_to:
+    description: With C(live), where the block of C(shared/.env) as it was is saved first (see M(deployctl.core.env_file) O(save_to)).
+    type: path
   link:
     description:
       - With C(false) the live version is kept in the record only, for strategies without release directories
@@ -127,6 +137,7 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils.envfile import EnvError, write_block
 from ansible_collections.deployctl.core.plugins.module_utils.files import (
     read_json,
     read_lock,
@@ -247,6 +258,15 @@ def _link_shared(params, target, check):
     return changed
 
 
+def _write_env(module, params, dest=None, save_to=None):
+    """Write deployctl's block of shared/.env (or, with `dest`, a copy with it); whether anything changed."""
+    try:
+        return write_block(os.path.join(params["app_root"], "shared", ".env"), params["env"], dest=dest,
+                           save_to=save_to, check=module.check_mode)[0]
+    except EnvError as exc:
+        module.fail_json(msg=str(exc))
+
+
 def _free_mb(path):
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -337,6 +357,8 @@ def main():
             "check_writable": {"type": "list", "elements": "str", "default": []},
             "artifact_digest": {"type": "str", "default": ""},
             "link": {"type": "bool", "default": True},
+            "env": {"type": "dict", "no_log": True},
+            "env_save_to": {"type": "path"},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]), ("state", "staged", ["version"]),
                      ("state", "begun", ["deployment_id"]), ("state", "settled", ["deployment_id"])],
@@ -411,11 +433,15 @@ def main():
             if not check:
                 write_atomic(marker, f"{params['version']}\n{params['artifact_digest']}\n", mode=0o644)
         changed = _link_shared(params, target, check) or changed
+        if params["env"] is not None:
+            changed = _write_env(module, params, dest=os.path.join(target, ".env")) or changed
         result["staged"] = params["version"]
 
     elif state == "live":
         version = params["version"]
         live = record.live()
+        if params["env"]:
+            changed = _write_env(module, params, save_to=params["env_save_to"]) or changed
         if record.link:
             target = _release_dir(module, record, version)
             changed = _link_shared(params, target, check) or changed
