@@ -17,6 +17,9 @@ Needs root (network namespaces), iproute2, util-linux and openssh. Run with the 
 on an otherwise idle machine:
 
     .venv/bin/python bench/many_hosts.py --hosts 1,5,10,25,50
+
+With --mitogen DIR it also releases v4 with mitogen's mitogen_linear strategy (plain ansible-playbook), to
+show whether that strategy plugin pays off on many hosts.
 """
 
 from __future__ import annotations
@@ -56,7 +59,19 @@ def parse_args() -> argparse.Namespace:
                              "ansible-playbook alike (default: %(default)s, deployctl's default)")
     parser.add_argument("--serial", default="100%",
                         help="the environment's `serial` (batch size of the deploy phase; default: %(default)s)")
+    parser.add_argument("--mitogen", type=Path, metavar="DIR",
+                        help="also release v4 with plain ansible-playbook and mitogen's mitogen_linear strategy, "
+                             "from DIR (`pip install --target DIR mitogen`): whether it pays off on many hosts")
     return parser.parse_args()
+
+
+def mitogen_env(directory: Path) -> dict[str, str]:
+    """ansible-playbook with mitogen's strategy plugin, from a directory mitogen was installed into."""
+    plugins = directory / "ansible_mitogen" / "plugins" / "strategy"
+    if not plugins.is_dir():
+        sys.exit(f"{plugins} not found: install mitogen there first (pip install --target {directory} mitogen)")
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear",
+            "PYTHONPATH": str(directory)}
 
 
 def make_project(fleet: SSHHosts, root: Path, forks: int, serial: str) -> DemoProject:
@@ -89,7 +104,7 @@ def measure(count: int, args: argparse.Namespace) -> dict:
         with SSHHosts(count, start_timeout=max(20.0, count * 2.0)) as fleet:
             project = make_project(fleet, root / "control", args.forks, args.serial)
             try:
-                for version in ("v1", "v2", "v3"):
+                for version in ("v1", "v2", "v3", "v4"):
                     project.build(version)
                 figures["v1"], result = cli_release(project, "v1")
                 benchlib.check_release(result, "v1")
@@ -111,6 +126,14 @@ def measure(count: int, args: argparse.Namespace) -> dict:
                 if wrong:
                     sys.exit(f"after the plain ansible-playbook release of v3, hosts serve {wrong}")
                 print(f"  ansible-playbook release.yml v3:      {figures['plain']:.2f} s", flush=True)
+                if args.mitogen:
+                    calls = benchlib.ModuleCalls(root)
+                    figures["mitogen"] = plain_release(project.root / "inventory" / "local", "v4",
+                                                       forks=args.forks, env={**calls.env, **mitogen_env(args.mitogen)})
+                    wrong = {h: v for h, v in served(fleet, project.port).items() if v != "v4"}
+                    if wrong:
+                        sys.exit(f"after the mitogen release of v4, hosts serve {wrong}")
+                    print(f"  ansible-playbook release.yml v4 (mitogen_linear): {figures['mitogen']:.2f} s", flush=True)
             finally:
                 for host in fleet.hosts:
                     fleet.run(host, f"for p in {APP_ROOT}/shared/run/*.pid; do kill -9 $(cat $p) 2>/dev/null; "
@@ -132,6 +155,11 @@ def report(results: dict[int, dict]) -> None:
     rows.append(["maintenance window", *(secs(results[c]["window"]) for c in counts)])
     rows.append(["release v2 wall (deployctl)", *(secs(results[c]["v2"]) for c in counts)])
     rows.append(["release v3 wall (ansible-playbook)", *(secs(results[c]["plain"]) for c in counts)])
+    if all("mitogen" in results[c] for c in counts):
+        rows.append(["release v4 wall (ansible-playbook, mitogen_linear)",
+                     *(secs(results[c]["mitogen"]) for c in counts)])
+        rows.append(["mitogen_linear / linear (plain)",
+                     *(ratio(results[c]["mitogen"], results[c]["plain"]) for c in counts)])
     rows.append(["overhead deployctl / ansible-playbook",
                  *(ratio(results[c]["v2"], results[c]["plain"]) for c in counts)])
     rows.append(["first release v1 wall (deployctl)", *(secs(results[c]["v1"]) for c in counts)])
@@ -140,6 +168,9 @@ def report(results: dict[int, dict]) -> None:
                  *(secs((results[c]["v2"] - results[first]["v2"]) / (c - first)) for c in counts[1:])])
     rows.append([f"seconds per host added (plain, from {first} host(s))", "-",
                  *(secs((results[c]["plain"] - results[first]["plain"]) / (c - first)) for c in counts[1:])])
+    if all("mitogen" in results[c] for c in counts):
+        rows.append([f"seconds per host added (mitogen, from {first} host(s))", "-",
+                     *(secs((results[c]["mitogen"] - results[first]["mitogen"]) / (c - first)) for c in counts[1:])])
     rows.append(["module calls per host, on the host (v2)", *(calls_figure(results[c]["calls"]) for c in counts)])
     rows.append(["controller actions per host (v2: gates, stats)",
                  *(calls_figure(results[c]["controller calls"]) for c in counts)])
