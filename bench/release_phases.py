@@ -7,7 +7,8 @@ state in a temporary directory) releases the bundled demo app through the real C
 live release, restarts the app and its worker, migrates and verifies. Per phase it prints the median,
 median seconds (deployment.phases[].seconds of the JSON outcome), the whole release's wall time (the
 CLI process, start to end), the maintenance window (the phases from "maintenance on" through
-"maintenance off") and how many ansible-playbook processes each release started.
+"maintenance off"), how long the maintenance flag itself was up (the downtime behind the maintenance
+page, from the flag's own times) and how many ansible-playbook processes each release started.
 
 With --compare-ref, the deployctl of another git ref (an unpacked `git archive`, run as `python -m
 deployctl`) releases the same project too, printed side by side with this one. Then the same project
@@ -69,6 +70,7 @@ class Measured:
     walls: list[float] = field(default_factory=list)
     phase_total: list[float] = field(default_factory=list)
     windows: list[float] = field(default_factory=list)
+    flag_up: list[float] = field(default_factory=list)  # the maintenance flag's own times (older refs: none)
     per_phase: dict[str, list[float]] = field(default_factory=dict)
     processes: list[int] = field(default_factory=list)  # ansible-playbook runs per release
 
@@ -79,6 +81,14 @@ def ansible_runs(project, result) -> int:
     ident = (result.data.get("deployment") or {}).get("id")
     artifacts = project.root / ".deployctl" / "runs" / str(ident) / "artifacts"
     return sum(1 for _ in artifacts.iterdir()) if artifacts.is_dir() else 0
+
+
+def flag_up(result) -> float | None:
+    """How long the maintenance flag was up (the host's own times of the flag going up and down): the
+    downtime users see behind the maintenance page."""
+    flag = ((result.data.get("deployment") or {}).get("details") or {}).get("maintenance_flag") or {}
+    spans = [flag["off"][h] - at for h, at in (flag.get("on") or {}).items() if h in (flag.get("off") or {})]
+    return max(spans) if spans else None
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -107,10 +117,14 @@ def measure(project, label: str, runs: int, warmup: int, next_version) -> Measur
         window = maintenance_window(ran)
         if window is not None:
             measured.windows.append(window)
+        up = flag_up(result)
+        if up is not None:
+            measured.flag_up.append(up)
         for name, phase_seconds in ran:
             measured.per_phase.setdefault(name, []).append(phase_seconds)
         print(f"  run {run:>3}  {label} release {version}: {seconds:.2f} s (phases {measured.phase_total[-1]:.2f} s, "
-              f"maintenance window {secs(window)} s, {measured.processes[-1]} ansible-playbook run(s))", flush=True)
+              f"maintenance window {secs(window)} s, flag up {secs(up)} s, {measured.processes[-1]} ansible-playbook "
+              "run(s))", flush=True)
     return measured
 
 
@@ -158,6 +172,7 @@ def main() -> None:
             rows.append([name, *medians(lambda m, name=name: m.per_phase.get(name, []))])
         rows.append(["(sum of phases)", *medians(lambda m: m.phase_total)])
         rows.append(["maintenance window", *medians(lambda m: m.windows)])
+        rows.append(["maintenance flag up (downtime)", *medians(lambda m: m.flag_up)])
         rows.append(["release wall time", *medians(lambda m: m.walls)])
         rows.append(["ansible-playbook runs per release", *medians(lambda m: [float(n) for n in m.processes])])
         print()

@@ -832,6 +832,8 @@ class Pipeline:
             # a deploy cut short (cancel, timeout) leaves no stats: any host may have changed, and rolling
             # back one that did not is a no-op, so all of them go back to what preflight found
             run.details["deployed_hosts"] = result.processed_hosts if result.stats is not None else sorted(run.before)
+        if phase in (Phase.MAINTENANCE_ON, Phase.MAINTENANCE_OFF):
+            self._note_maintenance_flag(run, result)
         if phase is Phase.VERIFY and run.checks is None:
             run.checks = result.report("checks")
             if run.checks and run.deployment.action != "verify":
@@ -843,6 +845,15 @@ class Pipeline:
         if self.runner.cancel.is_set() and not self._recovering:
             raise Interrupted
         return result
+
+    def _note_maintenance_flag(self, run: Run, result: PhaseResult) -> None:
+        """When the flag went up (the first time) and came down (the last) on each host, by the host's clock:
+        the downtime `deployctl report` shows."""
+        flag = run.details.setdefault("maintenance_flag", {"on": {}, "off": {}})
+        for host, changed in result.report("maintenance_flag").items():
+            for state, at in changed.items():
+                if at is not None and (state == "off" or host not in flag["on"]):
+                    flag[state][host] = at
 
     def _run_phase(self, run: Run, phase: Phase, extra: dict, limit: str | None) -> PhaseResult:
         """Run one phase: in the command's one ansible-playbook run while the command goes as planned, else in

@@ -88,9 +88,14 @@ def downtime(deployment: Deployment) -> dict:
             if i > start and p.get("name") == Phase.MAINTENANCE_OFF and p.get("status") == "passed"]
     if not ends:
         return _metric("downtime", None, "maintenance mode was not turned off", missed=True)
-    seconds = sum(p.get("seconds") or 0 for p in deployment.phases[start + 1:ends[-1] + 1])
     predicted = deployment.details.get("predicted_window")
     against = f"; predicted {_display(predicted, 's')} by the rehearsal" if predicted is not None else ""
+    flag = deployment.details.get("maintenance_flag") or {}
+    up, down = flag.get("on") or {}, flag.get("off") or {}
+    spans = [down[host] - up[host] for host in up if host in down and down[host] >= up[host]]
+    if spans:
+        return _metric("downtime", round(max(spans), 3), f"the maintenance flag up (the longest host){against}")
+    seconds = sum(p.get("seconds") or 0 for p in deployment.phases[start + 1:ends[-1] + 1])
     return _metric("downtime", seconds, f"end of {Phase.MAINTENANCE_ON} → end of {Phase.MAINTENANCE_OFF}{against}")
 
 

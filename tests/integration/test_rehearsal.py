@@ -51,7 +51,8 @@ def test_a_release_rehearses_its_migrations_and_predicts_the_window(demo_project
     report = project.run("report", result.data["deployment"]["id"])
     assert report.code == 0
     downtime = next(m for m in report.data["metrics"] if m["key"] == "downtime")
-    assert "predicted" in downtime["note"]
+    assert "predicted" in downtime["note"] and "flag up" in downtime["note"]
+    assert 0 < downtime["value"] < sum(p["seconds"] for p in result.data["deployment"]["phases"])
 
 
 def test_a_migration_that_fails_its_rehearsal_stops_the_release_with_no_downtime(demo_project):

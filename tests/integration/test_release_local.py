@@ -36,6 +36,12 @@ def test_release_upgrade_and_rollback(demo_project):
     assert "price" in [row[1] for row in project.sqlite("PRAGMA table_info(items)")]
     assert second.data["deployment"]["details"]["schema"]["localhost"] == {
         "before": "0001_create_items", "after": "0002_add_price"}
+    # the downtime is how long the flag was up: inside the phases from maintenance on to maintenance off
+    flag = second.data["deployment"]["details"]["maintenance_flag"]
+    window = [p["seconds"] for p in second.data["deployment"]["phases"]]
+    names = [p["name"] for p in second.data["deployment"]["phases"]]
+    phases_window = sum(window[names.index("maintenance on"):names.index("maintenance off") + 1])
+    assert 0 < flag["off"]["localhost"] - flag["on"]["localhost"] < phases_window, (flag, phases_window)
     # v2 migrated from its staged directory with a copy of .env; the switch put the shared one in its place
     assert os.readlink(project.app_root / "releases" / "v2" / ".env") == str(project.app_root / "shared" / ".env")
 

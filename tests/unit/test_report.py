@@ -135,6 +135,23 @@ def test_rolled_back_release_lists_the_versions_put_back(db):
     assert metrics(built)["downtime"]["value"] == 60 + 30 + 25 + 5 + 5 + 1
 
 
+def test_downtime_is_how_long_the_maintenance_flag_was_up_on_the_slowest_host(db):
+    """The flag's own times (each host's clock against itself), not the phases around it: Ansible's start
+    of "maintenance on" before the flag and its end after "maintenance off" are no downtime."""
+    flag = {"on": {"web1": 1000.0, "web2": 1000.5}, "off": {"web1": 1004.25, "web2": 1003.0}}
+    add(db, "DEP-6", "2025-01-01T12:00:00+00:00", "2025-01-01T12:03:00+00:00", RELEASE_PHASES,
+        {"maintenance_flag": flag, "predicted_window": 5.0})
+    downtime = metrics(report.build(History(db).get("DEP-6")))["downtime"]
+    assert downtime["value"] == 4.25
+    assert "flag" in downtime["note"] and "predicted 5" in downtime["note"]
+
+
+def test_downtime_falls_back_to_the_phases_when_a_host_never_reported_its_flag_down(db):
+    add(db, "DEP-7", "2025-01-01T12:00:00+00:00", "2025-01-01T12:03:00+00:00", RELEASE_PHASES,
+        {"maintenance_flag": {"on": {"web1": 1000.0}, "off": {}}})
+    assert metrics(report.build(History(db).get("DEP-7")))["downtime"]["value"] == 60 + 30 + 25 + 3
+
+
 def test_verify_run_takes_checks_from_its_verification(db):
     add(db, "DEP-5", "2025-01-01T12:00:00+00:00", "2025-01-01T12:00:05+00:00", [("verify", 4.5)], {},
         action="verify", version=None, outcome="healthy")

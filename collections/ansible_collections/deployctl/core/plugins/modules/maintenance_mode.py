@@ -44,10 +44,18 @@ EXAMPLES = r"""
 RETURN = r"""
 stopped: {description: Workers stopped., type: list, returned: always}
 started: {description: Workers started., type: list, returned: always}
+flag_at:
+  description:
+    - When the maintenance flag went up (C(on), the flag file's time when it was up already) or came down
+      (C(off)), in seconds since the epoch on the host's clock; null when C(off) found no flag, and in check
+      mode. The time between the two is how long the host answered with the maintenance page.
+  type: float
+  returned: always
 """
 
 import json
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.deployctl.core.plugins.module_utils import processes
@@ -79,6 +87,7 @@ def main():
     turning_on = params["state"] == "on"
     changed = False
     stopped, started = [], []
+    flag_at = None
 
     if turning_on:
         content = json.dumps({"message": params["page_message"], "until": params["until"]}, indent=2) + "\n"
@@ -91,6 +100,8 @@ def main():
             changed = True
             if not check:
                 write_atomic(flag, content)
+        if not check:
+            flag_at = os.stat(flag).st_mtime
 
     processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"])
     workers = params["workers"] if os.path.isdir(current) else []
@@ -112,8 +123,9 @@ def main():
         changed = True
         if not check:
             os.unlink(flag)
+            flag_at = time.time()
 
-    module.exit_json(changed=changed, stopped=stopped, started=started)
+    module.exit_json(changed=changed, stopped=stopped, started=started, flag_at=flag_at)
 
 
 if __name__ == "__main__":
