@@ -75,7 +75,8 @@ options:
       - deployctl's block of C(shared/.env), as M(deployctl.core.env_file) writes it (the operator's lines stay;
         the same values are refused). C(staged) gives the release its own copy of C(shared/.env) with this
         block (for commands that run in it before it goes live; with an empty dict, a plain copy); C(live)
-        writes the block into C(shared/.env) itself before linking it, when it holds any value.
+        writes the block into C(shared/.env) itself before linking it, when it holds any value; C(read) and
+        C(begun) write nothing and report in RV(env_problem) why the block could not be written.
     type: dict
   env_save_to:
     description: With C(live), where the block of C(shared/.env) as it was is saved first (see M(deployctl.core.env_file) O(save_to)).
@@ -130,6 +131,10 @@ maintenance: {description: Whether the maintenance flag is up., type: bool, retu
 free_mb: {description: Free space where releases go., type: int, returned: when state is read or begun}
 missing_commands: {description: Required commands not found on the host., type: list, returned: when state is read or begun}
 not_writable: {description: "The O(check_writable) directories nothing can be written into, with why.", type: dict, returned: when state is read or begun}
+env_problem:
+  description: Why O(env) could not be written to C(shared/.env) exactly, null when it could.
+  type: str
+  returned: when state is read or begun and O(env) is given
 unfinished: {description: "The deployment that did not finish on this host, when C(begun) fails because of it.", type: dict, returned: on failure}
 """
 
@@ -267,6 +272,15 @@ def _write_env(module, params, dest=None, save_to=None):
         module.fail_json(msg=str(exc))
 
 
+def _env_problem(params):
+    """Why deployctl's block could not be written to shared/.env (nothing is written), or None."""
+    try:
+        write_block(os.path.join(params["app_root"], "shared", ".env"), params["env"], check=True)
+    except EnvError as exc:
+        return str(exc)
+    return None
+
+
 def _free_mb(path):
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -379,6 +393,8 @@ def main():
         result["free_mb"] = _free_mb(params["app_root"])
         result["missing_commands"] = [c for c in params["required_commands"] if shutil.which(c) is None]
         result["not_writable"] = _not_writable(params["app_root"], params["check_writable"])
+        if params["env"] is not None:
+            result["env_problem"] = _env_problem(params)
 
     if state in ("read", "begun", "prepared") and params["version"] and params["artifact_digest"]:
         unpacked = _unpacked_digest(record, params["version"])
