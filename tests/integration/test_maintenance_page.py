@@ -7,13 +7,9 @@ installs, tests and reloads is what answers the requests below.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,19 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.nginx import NGINX, Nginx
+from tests.support.project import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYCTL = str(Path(sys.executable).parent / "deployctl")
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ALLOWED = "127.0.0.2"  # the allow-listed "control node": a second loopback address
+APP = 'default_type text/plain; return 200 "the app\\n";'  # stands in for the app behind nginx
 
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Site:
@@ -42,17 +35,12 @@ class Site:
 
     def __init__(self, root: Path):
         self.root = root
-        self.port = free_port()
-        self.prefix = root / "nginx"
-        self.conf = self.prefix / "nginx.conf"
-        self.http_snippet = self.prefix / "maintenance-http.conf"
-        self.server_snippet = self.prefix / "maintenance-server.conf"
+        self.nginx = Nginx(root / "nginx")
         self.app_root = root / "app"
         self.page = self.app_root / "shared" / "maintenance.html"
         self.flag = self.app_root / "shared" / "maintenance.json"
         self.project = root / "project"
         self.group_vars = self.project / "inventory" / "local" / "group_vars" / "all.yml"
-        self.nginx_args = ["-p", f"{self.prefix}/", "-c", str(self.conf)]
 
     # ------------------------------------------------------------------ setup
 
@@ -68,69 +56,20 @@ class Site:
         self.set_vars()
 
     def set_vars(self, **extra) -> None:
-        nginx = " ".join([NGINX, *self.nginx_args])
         variables = {
             "deployctl_app_root": str(self.app_root),
             "deployctl_env": {"DEMO_PORT": free_port(), "DEMO_HOST": "127.0.0.1"},
-            "deployctl_maintenance_nginx": True,
-            "deployctl_maintenance_nginx_http_snippet": str(self.http_snippet),
-            "deployctl_maintenance_nginx_server_snippet": str(self.server_snippet),
-            "deployctl_maintenance_nginx_test_command": f"{nginx} -t -q",
-            "deployctl_maintenance_nginx_reload_command": f"{nginx} -s reload",
+            **self.nginx.group_vars(),
             "deployctl_maintenance_allow": [ALLOWED],
             "deployctl_maintenance_retry_after": 120,
         }
         variables.update(extra)
         self.group_vars.write_text(yaml.safe_dump(variables))
 
-    def start_nginx(self) -> None:
-        (self.prefix / "tmp").mkdir(parents=True)
-        # empty snippets until the role installs the real ones: nginx must start before maintenance is set up
-        self.http_snippet.write_text("")
-        self.server_snippet.write_text("")
-        temp = self.prefix / "tmp"
-        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read pytest's private tmp dir
-        self.conf.write_text(f"""\
-{user}worker_processes 1;
-pid {self.prefix}/nginx.pid;
-error_log {self.prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp}/body;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    include {self.http_snippet};
-    server {{
-        listen 127.0.0.1:{self.port};
-        include {self.server_snippet};
-        location / {{
-            default_type text/plain;
-            return 200 "the app\\n";
-        }}
-    }}
-}}
-""")
-        subprocess.run([NGINX, *self.nginx_args], check=True, capture_output=True, timeout=20)
-        self.wait_for(200)
-
-    def stop_nginx(self) -> None:
-        pidfile = self.prefix / "nginx.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pidfile.read_text())
-            os.kill(pid, signal.SIGTERM)  # the master this test started (its own pid file)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
-
     # ------------------------------------------------------------------ use
 
     def get(self, source: str = "127.0.0.1") -> tuple[int, dict, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5, source_address=(source, 0))
+        conn = http.client.HTTPConnection("127.0.0.1", self.nginx.port, timeout=5, source_address=(source, 0))
         try:
             conn.request("GET", "/some/page")
             response = conn.getresponse()
@@ -164,7 +103,7 @@ http {{
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def snippets(self) -> dict[str, bytes]:
-        return {path.name: path.read_bytes() for path in self.prefix.iterdir() if "maintenance" in path.name}
+        return {path.name: path.read_bytes() for path in self.nginx.prefix.iterdir() if "maintenance" in path.name}
 
 
 def changed_hosts(run: subprocess.CompletedProcess) -> list[str]:
@@ -179,10 +118,11 @@ def site(tmp_path):
     site = Site(tmp_path)
     site.write_project()
     try:
-        site.start_nginx()
+        site.nginx.start(APP)
+        site.wait_for(200)
         yield site
     finally:
-        site.stop_nginx()
+        site.nginx.stop()
 
 
 def test_maintenance_page_with_retry_after_allow_list_and_back(site):
@@ -234,7 +174,7 @@ def test_rejected_configuration_leaves_the_working_one_in_place(site):
 
     assert site.snippets() == good  # the rejected snippets were taken back, no backup copies left behind
     assert not site.page.exists() and not site.flag.exists()  # the run stopped before the page and the flag
-    test = subprocess.run([NGINX, *site.nginx_args, "-t", "-q"], capture_output=True, text=True)
+    test = subprocess.run([*site.nginx.argv, "-t", "-q"], capture_output=True, text=True)
     assert test.returncode == 0, test.stderr
     status, _, body = site.get()  # nginx kept serving, with the configuration it had
     assert (status, body) == (200, "the app\n")
