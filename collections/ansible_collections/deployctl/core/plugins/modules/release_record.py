@@ -79,7 +79,7 @@ options:
         C(begun) write nothing and report in RV(env_problem) why the block could not be written.
     type: dict
   env_save_to:
-    description: With C(live), where the block of C(shared/.env) as it was is saved first (see M(deployctl.core.env_file) O(save_to)).
+    description: With C(live), where the block of C(shared/.env) as it was is saved first (see O(deployctl.core.env_file#module:save_to)).
     type: path
   link:
     description:
