@@ -25,6 +25,7 @@ Run with the project's virtualenv, on an otherwise idle machine:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -149,8 +150,13 @@ def main() -> None:
         results = [measure(project, "deployctl", args.runs, args.warmup, next_version)]
         if args.compare_ref:
             tree = checkout(args.compare_ref, root / "ref")
-            project.command = [sys.executable, "-m", "deployctl"]
+            # -P: the working directory (this checkout) must not come before the ref's tree on sys.path
+            project.command = [sys.executable, "-P", "-m", "deployctl"]
             project.command_env = {"PYTHONPATH": str(tree)}
+            imported = subprocess.run([sys.executable, "-P", "-c", "import deployctl; print(deployctl.__file__)"],
+                                      env={**os.environ, **project.command_env}, capture_output=True, text=True)
+            if not imported.stdout.startswith(str(tree)):
+                sys.exit(f"the deployctl of {args.compare_ref} is not the one imported: {imported.stdout.strip()}")
             results.append(measure(project, f"deployctl@{args.compare_ref}", args.runs, args.warmup, next_version))
             project.command, project.command_env = [DEPLOYCTL], {}
 
