@@ -366,6 +366,9 @@ def test_releasing_the_live_version_again_asks_then_restarts_its_app(live_v1):
     again = live_v1.run("release", "v1", "--force")
     assert again.code == 0, again
     assert live_v1.served_version() == "v1"
+    # staged again, the live release kept its .env: the link to the shared one, never a copy of it
+    env = live_v1.app_root / "releases" / "v1" / ".env"
+    assert env.is_symlink() and os.readlink(env) == str(live_v1.app_root / "shared" / ".env")
 
 
 # ---------------------------------------------------------------- rollback input

@@ -73,7 +73,7 @@ options:
   env:
     description:
       - deployctl's block of C(shared/.env), as M(deployctl.core.env_file) writes it (the operator's lines stay;
-        the same values are refused). C(staged) gives the release its own copy of C(shared/.env) with this
+        the same values are refused). C(staged) gives the release (unless it is the live one) its own copy of C(shared/.env) with this
         block (for commands that run in it before it goes live; with an empty dict, a plain copy); C(live)
         writes the block into C(shared/.env) itself before linking it, when it holds any value; C(read) and
         C(begun) write nothing and report in RV(env_problem) why the block could not be written.
@@ -124,6 +124,10 @@ entries: {description: "The last switches (version, deployment_id, at, status), 
 pending: {description: "The deployment that began and has not settled (deployment_id, action, before, at), or null.", type: dict, returned: always}
 complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
 staged: {description: "The version marked complete and linked (a later deploy in the run need not stage it).", type: str, returned: when state is staged}
+env_staged:
+  description: Whether the staged release got its own copy of C(shared/.env) (O(env) given, the version not live).
+  type: bool
+  returned: when state is staged
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
 undone: {description: "The deployments whose entries C(rolled_back) undid, oldest first.", type: list, returned: when state is rolled_back}
 lock: {description: "Holder of the release lock, null when free.", type: dict, returned: when state is read or begun}
@@ -449,7 +453,9 @@ def main():
             if not check:
                 write_atomic(marker, f"{params['version']}\n{params['artifact_digest']}\n", mode=0o644)
         changed = _link_shared(params, target, check) or changed
-        if params["env"] is not None:
+        # the live release's .env stays the link to the shared one (a release of the live version again)
+        result["env_staged"] = params["env"] is not None and record.live() != params["version"]
+        if result["env_staged"]:
             changed = _write_env(module, params, dest=os.path.join(target, ".env")) or changed
         result["staged"] = params["version"]
 
