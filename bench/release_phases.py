@@ -36,6 +36,7 @@ from pathlib import Path
 import benchlib
 from benchlib import cli_release, maintenance_window, phases, plain_release, ratio, secs, summary, table
 
+from deployctl.report import flag_downtime
 from tests.support.project import DEPLOYCTL, REPO, DemoProject
 
 VERSIONS = ("v1.0.0", "v1.0.1")
@@ -85,11 +86,8 @@ def ansible_runs(project, result) -> int:
 
 
 def flag_up(result) -> float | None:
-    """How long the maintenance flag was up (the host's own times of the flag going up and down): the
-    downtime users see behind the maintenance page."""
-    flag = ((result.data.get("deployment") or {}).get("details") or {}).get("maintenance_flag") or {}
-    spans = [flag["off"][h] - at for h, at in (flag.get("on") or {}).items() if h in (flag.get("off") or {})]
-    return max(spans) if spans else None
+    """How long the maintenance flag was up: the downtime users see behind the maintenance page."""
+    return flag_downtime((result.data.get("deployment") or {}).get("details") or {})
 
 
 def checkout(ref: str, into: Path) -> Path:

@@ -79,6 +79,15 @@ def deployment_time(deployment: Deployment) -> dict:
     return _metric("deployment_time", max(elapsed, sum(p.get("seconds") or 0 for p in deployment.phases)))
 
 
+def flag_downtime(details: dict) -> float | None:
+    """Seconds the maintenance flag was up on the slowest host (each host's clock against itself), from a
+    deployment's details; None when no host reported it both up and down."""
+    flag = details.get("maintenance_flag") or {}
+    up, down = flag.get("on") or {}, flag.get("off") or {}
+    spans = [down[host] - up[host] for host in up if host in down and down[host] >= up[host]]
+    return round(max(spans), 3) if spans else None
+
+
 def downtime(deployment: Deployment) -> dict:
     names = [p.get("name") for p in deployment.phases]
     if Phase.MAINTENANCE_ON not in names:
@@ -90,11 +99,9 @@ def downtime(deployment: Deployment) -> dict:
         return _metric("downtime", None, "maintenance mode was not turned off", missed=True)
     predicted = deployment.details.get("predicted_window")
     against = f"; predicted {_display(predicted, 's')} by the rehearsal" if predicted is not None else ""
-    flag = deployment.details.get("maintenance_flag") or {}
-    up, down = flag.get("on") or {}, flag.get("off") or {}
-    spans = [down[host] - up[host] for host in up if host in down and down[host] >= up[host]]
-    if spans:
-        return _metric("downtime", round(max(spans), 3), f"the maintenance flag up (the longest host){against}")
+    flag_up = flag_downtime(deployment.details)
+    if flag_up is not None:
+        return _metric("downtime", flag_up, f"the maintenance flag up (the longest host){against}")
     seconds = sum(p.get("seconds") or 0 for p in deployment.phases[start + 1:ends[-1] + 1])
     return _metric("downtime", seconds, f"end of {Phase.MAINTENANCE_ON} → end of {Phase.MAINTENANCE_OFF}{against}")
 
