@@ -47,8 +47,9 @@ class CallbackModule(CallbackBase):
         if skipped:
             self.counts[host]["skipped"] += 1
             return
-        on_controller = task.action.rsplit(".", 1)[-1] in CONTROLLER_ACTIONS or task.delegate_to in (
-            "localhost", "127.0.0.1")
+        action = task.action.rsplit(".", 1)[-1]
+        on_controller = action in CONTROLLER_ACTIONS or task.delegate_to in ("localhost", "127.0.0.1") or (
+            action == "probe" and bool(task.args.get("validate_only")))  # plugins/action/probe.py
         items = result._result.get("results") if task.loop is not None else None
         calls = sum(1 for item in items if not item.get("skipped")) if isinstance(items, list) else 1
         self.counts[host]["controller" if on_controller else "remote"] += calls

@@ -99,14 +99,21 @@ def test_a_value_that_cannot_be_written_safely_is_refused_before_maintenance(liv
 # ---------------------------------------------------------------- checked before maintenance
 
 
-def test_an_unknown_verify_check_type_costs_no_downtime(live_v1):
-    live_v1.group_vars["deployctl_verify_checks"].append({"name": "typo", "type": "htp", "url": "http://x/"})
+@pytest.mark.parametrize("check, words", [
+    ({"name": "typo", "type": "htp", "url": "http://x/"}, "htp"),
+    ({"name": "no-url", "type": "http"}, "'no-url' (http) needs a url"),
+    ({"name": "bad-body", "type": "http", "url": "http://127.0.0.1:1/", "body": "(unclosed"}, "not a valid regular"),
+    ({"name": "bad-port", "type": "tcp", "port": "eighty"}, "port"),
+])
+def test_a_verify_check_that_cannot_run_costs_no_downtime(live_v1, check, words):
+    """The checks' configuration is checked on the control node in preflight; verify itself refuses it too."""
+    live_v1.group_vars["deployctl_verify_checks"].append(check)
     live_v1.write()
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "htp")
-    assert_refused(live_v1, live_v1.run("rollback", "--to", "v1"), 3, "htp")
+    assert_refused(live_v1, live_v1.run("release", "v2"), 3, words)
+    assert_refused(live_v1, live_v1.run("rollback", "--to", "v1"), 3, words)
     verify = live_v1.run("verify")
     assert verify.code == 2, verify
-    assert "htp" in verify.data["message"]
+    assert words in verify.data["message"]
 
 
 def test_restore_of_a_missing_or_corrupted_set_is_refused_before_maintenance(live_v1):

@@ -64,6 +64,14 @@ CHECK_OPTIONS = {
     "delay": {"type": "float"},
     "timeout": {"type": "float"},
 }
+PROBE_OPTIONS = {
+    "checks": {"type": "list", "elements": "dict", "required": True, "options": CHECK_OPTIONS},
+    "retries": {"type": "int", "default": 1},
+    "delay": {"type": "float", "default": 2},
+    "timeout": {"type": "float", "default": 5},
+    "hostname": {"type": "str"},
+    "validate_only": {"type": "bool", "default": False},
+}
 
 
 class Outcome:
@@ -471,6 +479,11 @@ def prepare(check, params):
             except re.error as exc:
                 return f"check {check['name']!r}: {key} is not a valid regular expression: {exc}"
     return None
+
+
+def invalid_checks(params):
+    """The problems of validated probe parameters' checks, one message each; fills in their defaults."""
+    return [problem for problem in (prepare(check, params) for check in params["checks"]) if problem]
 
 
 def run_check(check, hostname):

@@ -146,25 +146,19 @@ failed_checks: {description: Names of the checks that failed., type: list, eleme
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.deployctl.core.plugins.module_utils.health_checks import CHECK_OPTIONS, prepare, run_checks
+from ansible_collections.deployctl.core.plugins.module_utils.health_checks import (
+    PROBE_OPTIONS,
+    invalid_checks,
+    run_checks,
+)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "checks": {"type": "list", "elements": "dict", "required": True, "options": CHECK_OPTIONS},
-            "retries": {"type": "int", "default": 1},
-            "delay": {"type": "float", "default": 2},
-            "timeout": {"type": "float", "default": 5},
-            "hostname": {"type": "str"},
-            "validate_only": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=PROBE_OPTIONS, supports_check_mode=True)
     params = module.params
     hostname = params["hostname"] or socket.gethostname()
-    checks = [dict(check) for check in params["checks"]]
-    problems = [problem for problem in (prepare(check, params) for check in checks) if problem]
+    params["checks"] = checks = [dict(check) for check in params["checks"]]
+    problems = invalid_checks(params)
     if problems:
         module.fail_json(msg="; ".join(problems), checks=[], failed_checks=[], invalid=True)
     if params["validate_only"]:

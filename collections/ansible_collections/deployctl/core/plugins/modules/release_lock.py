@@ -9,6 +9,8 @@ short_description: Take, release or inspect a deployctl release lock on one host
 description:
   - The lock is a JSON file created with link(2), which fails if the file exists, so two control nodes
     can never both take it. It names its holder and carries a token; only that token releases it.
+  - With O(settle), C(released) first ends those deployments in the host's release record (see
+    M(deployctl.core.release_record)), in the same call; the lock goes only once they are settled.
 options:
   path: {description: Lock file., type: path, required: true}
   state:
@@ -29,6 +31,19 @@ options:
     type: list
     elements: str
     default: []
+  settle:
+    description:
+      - With C(state=released), deployments (C(deployment_id), C(outcome)) to end in the release record under
+        O(app_root) before the lock goes. Outcome C(live) makes their entries live, C(undone) undoes them,
+        C(abandoned) leaves them as they are; either way a deployment stops being the host's unfinished one.
+    type: list
+    elements: dict
+    default: []
+  app_root: {description: "Root of the app whose release record O(settle) changes.", type: path}
+  link:
+    description: Whether the record's live version is C(current)'s target (C(false) for compose, see M(deployctl.core.release_record)).
+    type: bool
+    default: true
 author:
   - deployctl maintainers (@deployctl)
 """
@@ -40,11 +55,21 @@ EXAMPLES = r"""
     state: acquired
     token: "{{ deployctl_lock_token }}"
     holder: {deployment_id: DEP-20260101-120000, user: ada}
+
+- name: The release is live; release the lock
+  deployctl.core.release_lock:
+    path: /srv/app/.deployctl/lock
+    state: released
+    token: "{{ deployctl_lock_token }}"
+    app_root: /srv/app
+    settle:
+      - {deployment_id: DEP-20260101-120000, outcome: live}
 """
 
 RETURN = r"""
 holder: {description: The lock's holder after the task (null when free)., type: dict, returned: always}
 held_by_other: {description: True when someone else holds the lock., type: bool, returned: always}
+settled: {description: "Whether O(settle) changed the release record.", type: bool, returned: always}
 """
 
 import json
@@ -52,6 +77,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.deployctl.core.plugins.module_utils.files import read_lock, utc_stamp, write_atomic
+from ansible_collections.deployctl.core.plugins.module_utils.release_records import Record, prune_saved, settle
 
 
 def _who(holder):
@@ -84,6 +110,21 @@ def _adopt(path, current, token, holder):
     return True
 
 
+def _settle(module):
+    try:
+        record = Record(module.params["app_root"], module.params["link"])
+    except ValueError as exc:
+        module.fail_json(msg=f"the release record of {module.params['app_root']} is unreadable: {exc}",
+                         holder=None, held_by_other=False)
+    changed = False
+    for deployment in module.params["settle"]:
+        changed = settle(record, deployment["deployment_id"], deployment["outcome"]) or changed
+    if changed and not module.check_mode:
+        record.save()
+        prune_saved(record)
+    return changed
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -94,13 +135,23 @@ def main():
             "holder": {"type": "dict", "default": {}},
             "adopt": {"type": "str", "default": ""},
             "only_holders": {"type": "list", "elements": "str", "default": []},
+            "settle": {"type": "list", "elements": "dict", "default": [], "options": {
+                "deployment_id": {"type": "str", "required": True},
+                "outcome": {"type": "str", "required": True, "choices": ["live", "undone", "abandoned"]},
+            }},
+            "app_root": {"type": "path"},
+            "link": {"type": "bool", "default": True},
         },
         required_if=[("state", "acquired", ["token"]), ("state", "released", ["token"])],
+        required_by={"settle": ["app_root"]},
         supports_check_mode=True,
     )
     path, state, token = module.params["path"], module.params["state"], module.params["token"]
+    settled = False
+    if state == "released" and module.params["settle"]:
+        settled = _settle(module)
     current = read_lock(path)
-    changed = False
+    changed = settled
 
     adopt = module.params["adopt"]
     holder_id = str(((current or {}).get("holder") or {}).get("deployment_id"))
@@ -131,7 +182,7 @@ def main():
 
     holder = None if current is None else dict(current.get("holder") or {}, since=current.get("since"))
     held_by_other = current is not None and current.get("token") != token
-    module.exit_json(changed=changed, holder=holder, held_by_other=held_by_other)
+    module.exit_json(changed=changed, holder=holder, held_by_other=held_by_other, settled=settled)
 
 
 if __name__ == "__main__":

@@ -35,20 +35,13 @@ options:
       - C(rolled_back) makes O(version) live again (empty to take down a first release); the entries since
         it went live are undone, and returned (the deployments they came from, oldest first), so that what
         those deployments saved (M(deployctl.core.env_file)) can be put back.
-      - C(settled) ends O(deployment_id); its entries become C(live) (O(outcome=live)) or C(undone), and
-        the record of the unfinished deployment is cleared.
       - C(absent) removes C(current).
     type: str
-    choices: [read, begun, prepared, staged, live, rolled_back, settled, absent]
+    choices: [read, begun, prepared, staged, live, rolled_back, absent]
     default: read
   version: {description: Release to prepare or make live., type: str}
   deployment_id: {description: Deployment that makes the change., type: str, default: ""}
   action: {description: "What the deployment is (release, rollback...), for C(begun).", type: str, default: ""}
-  outcome:
-    description: How O(deployment_id) ended, for C(settled); C(abandoned) leaves its entries as they are.
-    type: str
-    choices: [live, undone, abandoned]
-    default: live
   shared:
     description: Names under shared/ linked into the release (C(staged), C(live)) or created as directories (C(prepared)).
     type: list
@@ -106,13 +99,6 @@ EXAMPLES = r"""
     state: live
     version: v2
     deployment_id: DEP-20261201-093000
-
-- name: The release is live
-  deployctl.core.release_record:
-    app_root: /srv/app
-    state: settled
-    deployment_id: DEP-20261201-093000
-    outcome: live
 """
 
 RETURN = r"""
@@ -147,89 +133,10 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.deployctl.core.plugins.module_utils.envfile import EnvError, write_block
-from ansible_collections.deployctl.core.plugins.module_utils.files import (
-    read_json,
-    read_lock,
-    utc_stamp,
-    write_atomic,
-    write_json_atomic,
-)
+from ansible_collections.deployctl.core.plugins.module_utils.files import read_lock, utc_stamp, write_atomic
+from ansible_collections.deployctl.core.plugins.module_utils.release_records import LIVE, PENDING, UNDONE, Record
 
 COMPLETE_MARKER = ".deployctl-complete"
-HISTORY_LIMIT = 100
-ENTRIES_REPORTED = 20
-LIVE = "live"
-PENDING = "pending"
-UNDONE = "undone"
-
-
-class Record:
-    """release.json and the paths around it."""
-
-    def __init__(self, app_root, link=True):
-        self.app_root = app_root
-        self.link = link
-        self.state_dir = os.path.join(app_root, ".deployctl")
-        self.path = os.path.join(self.state_dir, "release.json")
-        self.releases_dir = os.path.join(app_root, "releases")
-        self.current = os.path.join(app_root, "current")
-        self.data = read_json(self.path, {}) or {}
-        self.data.setdefault("history", [])
-        for entry in self.data["history"]:
-            entry.setdefault("status", LIVE)  # records written before entries had a status
-
-    def save(self):
-        self.data["history"] = self.data["history"][-HISTORY_LIMIT:]
-        self.data.pop("previous", None)  # derived, never stored
-        write_json_atomic(self.path, self.data)
-
-    @property
-    def entries(self):
-        return self.data["history"]
-
-    @property
-    def pending(self):
-        return self.data.get("pending")
-
-    def live(self):
-        if not self.link:
-            return self.data.get("live")
-        if not os.path.islink(self.current):
-            return None
-        return os.path.basename(os.path.normpath(os.readlink(self.current)))
-
-    def went_live(self):
-        """Versions that went live, in order, repeats in a row collapsed."""
-        chain = []
-        for entry in self.entries:
-            if entry["status"] == LIVE and (not chain or chain[-1] != entry["version"]):
-                chain.append(entry["version"])
-        return chain
-
-    def previous(self):
-        live, chain = self.live(), self.went_live()
-        if live in chain:
-            index = len(chain) - 1 - chain[::-1].index(live)
-            return chain[index - 1] if index > 0 else None
-        return chain[-1] if chain else None
-
-    def releases(self):
-        if not os.path.isdir(self.releases_dir):
-            return []
-        return sorted(d for d in os.listdir(self.releases_dir)
-                      if not d.startswith(".") and os.path.isdir(os.path.join(self.releases_dir, d)))
-
-    def report(self):
-        return {
-            "live": self.live(),
-            "previous": self.previous(),
-            "releases": self.releases() if self.link else [],
-            "history": [e["version"] for e in self.entries if e["status"] != UNDONE],
-            "entries": self.entries[-ENTRIES_REPORTED:],
-            "pending": self.pending,
-        }
-
-
 def _switch(current, target):
     tmp = f"{current}.{os.getpid()}.tmp"
     os.symlink(target, tmp)
@@ -341,17 +248,6 @@ def _prune(record, keep):
     return doomed
 
 
-def _prune_saved(record):
-    """What deployments saved for their rollback (.deployctl/deployments/<id>), once they left the record."""
-    root = os.path.join(record.state_dir, "deployments")
-    known = {e.get("deployment_id") for e in record.entries} | {(record.pending or {}).get("deployment_id")}
-    if not os.path.isdir(root):
-        return
-    for name in os.listdir(root):
-        if name not in known:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
 def _entry(record, version, deployment_id):
     # a deployment settles its entries when it ends; a switch outside one (a plain ansible-playbook run, an
     # AWX job without deployctl) is live at once, since nobody will settle it
@@ -364,11 +260,10 @@ def main():
         argument_spec={
             "app_root": {"type": "path", "required": True},
             "state": {"type": "str", "default": "read",
-                      "choices": ["read", "begun", "prepared", "staged", "live", "rolled_back", "settled", "absent"]},
+                      "choices": ["read", "begun", "prepared", "staged", "live", "rolled_back", "absent"]},
             "version": {"type": "str"},
             "deployment_id": {"type": "str", "default": ""},
             "action": {"type": "str", "default": ""},
-            "outcome": {"type": "str", "default": "live", "choices": ["live", "undone", "abandoned"]},
             "shared": {"type": "list", "elements": "str", "default": []},
             "keep": {"type": "int", "default": 5},
             "required_commands": {"type": "list", "elements": "str", "default": []},
@@ -379,7 +274,7 @@ def main():
             "env_save_to": {"type": "path"},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]), ("state", "staged", ["version"]),
-                     ("state", "begun", ["deployment_id"]), ("state", "settled", ["deployment_id"])],
+                     ("state", "begun", ["deployment_id"])],
         supports_check_mode=True,
     )
     params = module.params
@@ -511,19 +406,6 @@ def main():
                 record.save()
         result["switched"] = live != target
         result["undone"] = list(dict.fromkeys(e["deployment_id"] for e in undo if e.get("deployment_id")))
-
-    elif state == "settled":
-        outcome = params["outcome"]
-        for entry in record.entries:
-            if entry.get("deployment_id") == deployment and entry["status"] == PENDING and outcome != "abandoned":
-                entry["status"] = LIVE if outcome == "live" else UNDONE
-                changed = True
-        if (record.pending or {}).get("deployment_id") == deployment:
-            record.data.pop("pending")
-            changed = True
-        if changed and not check:
-            record.save()
-            _prune_saved(record)
 
     elif state == "absent":
         live = record.live()
