@@ -30,7 +30,9 @@ options:
       - C(prepared) creates the directories and clears a partly unpacked O(version), leaving its directory
         empty for the unpacking.
       - C(staged) marks the unpacked O(version) complete (from O(artifact_digest)) and links the shared paths
-        into it, so that it can run (its migrations) before it goes live.
+        into it, so that it can run (its migrations) before it goes live. With O(archive) it first does what
+        C(prepared) does and unpacks the archive, unless the release is already complete from this artifact;
+        the whole stage in one module call.
       - C(live) links the shared paths into O(version), switches C(current) to it, records it and prunes.
       - C(rolled_back) makes O(version) live again (empty to take down a first release); the entries since
         it went live are undone, and returned (the deployments they came from, oldest first), so that what
@@ -74,6 +76,13 @@ options:
   env_save_to:
     description: With C(live), where the block of C(shared/.env) as it was is saved first (see O(deployctl.core.env_file#module:save_to)).
     type: path
+  archive:
+    description:
+      - With C(staged), the release tarball on the control node; the action plugin copies it to the host, and
+        the module unpacks it into C(releases/<version>) with the host's C(tar). Left out, C(staged) marks what
+        is already there (unpacked by M(ansible.builtin.unarchive) or checked out by M(ansible.builtin.git)
+        after C(prepared)).
+    type: path
   link:
     description:
       - With C(false) the live version is kept in the record only, for strategies without release directories
@@ -108,7 +117,10 @@ releases: {description: Release directories present on the host., type: list, re
 history: {description: "Versions in the order they were switched to (undone ones left out), newest last.", type: list, returned: always}
 entries: {description: "The last switches (version, deployment_id, at, status), newest last.", type: list, returned: always}
 pending: {description: "The deployment that began and has not settled (deployment_id, action, before, at), or null.", type: dict, returned: always}
-complete: {description: Whether C(version) is fully unpacked (C(prepared))., type: bool, returned: when state is prepared}
+complete:
+  description: Whether C(version) is fully unpacked, from O(artifact_digest) when given.
+  type: bool
+  returned: when state is prepared, or staged with O(archive); with read and begun, when O(version) and O(artifact_digest) are given
 staged: {description: "The version marked complete and linked (a later deploy in the run need not stage it).", type: str, returned: when state is staged}
 env_staged:
   description: Whether the staged release got its own copy of C(shared/.env) (O(env) given, the version not live).
@@ -152,6 +164,42 @@ def _link(source, dest):
         os.unlink(dest)
     os.symlink(source, dest)
     return True
+
+
+def _prepare(params, record, check, result):
+    """Create the directories; clear a partly unpacked or stale release of params' version, leaving it empty
+    for the unpacking. Sets result["complete"]; returns whether anything changed."""
+    changed = False
+    root = params["app_root"]
+    wanted = [root, record.releases_dir, os.path.join(root, "shared")]
+    wanted += [os.path.join(root, "shared", name) for name in params["shared"]]
+    for directory in wanted:
+        if not os.path.isdir(directory):
+            changed = True
+            if not check:
+                os.makedirs(directory, mode=0o755)
+    release = os.path.join(record.releases_dir, params["version"])
+    result["complete"] = os.path.exists(os.path.join(release, COMPLETE_MARKER)) and not result.get("stale_unpack")
+    if os.path.isdir(release) and not result["complete"]:
+        # left half unpacked by an interrupted deploy, or unpacked from another build that never went
+        # live: start it again
+        changed = True
+        if not check:
+            shutil.rmtree(release)
+    if not result["complete"] and not check:
+        changed = not os.path.isdir(release) or changed
+        os.makedirs(release, mode=0o755, exist_ok=True)
+    return changed
+
+
+def _unpack(module, archive, target):
+    """Unpack the tarball into the empty release directory with the host's tar, as ansible.builtin.unarchive
+    does (every compression the host's tar reads; members never land outside `target`)."""
+    rc, _, err = module.run_command(["tar", "--extract", "--file", archive, "--directory", target])
+    if rc != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        why = (err.strip().splitlines() or [f"tar exited with {rc}"])[-1]
+        module.fail_json(msg=f"could not unpack the release into {target}: {why}")
 
 
 def _release_dir(module, record, version):
@@ -272,6 +320,7 @@ def main():
             "link": {"type": "bool", "default": True},
             "env": {"type": "dict", "no_log": True},
             "env_save_to": {"type": "path"},
+            "archive": {"type": "path"},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]), ("state", "staged", ["version"]),
                      ("state", "begun", ["deployment_id"])],
@@ -295,7 +344,8 @@ def main():
         if params["env"] is not None:
             result["env_problem"] = _env_problem(params)
 
-    if state in ("read", "begun", "prepared") and params["version"] and params["artifact_digest"]:
+    unpacking = state == "prepared" or (state == "staged" and params["archive"] is not None)
+    if (state in ("read", "begun") or unpacking) and params["version"] and params["artifact_digest"]:
         unpacked = _unpacked_digest(record, params["version"])
         if unpacked not in (None, "", params["artifact_digest"]):
             if params["version"] in (record.live(), record.previous()):
@@ -305,6 +355,8 @@ def main():
                                      "release the new build under a new version", artifact_conflict=True,
                                  **record.report())
             result["stale_unpack"] = True
+        # whether a stage in this run can leave the archive on the control node
+        result["complete"] = unpacked == params["artifact_digest"]
 
     if state == "begun":
         pending = record.pending
@@ -319,28 +371,15 @@ def main():
                                           "before": record.live(), "at": utc_stamp()}
                 record.save()
 
-    if state == "prepared":
-        root = params["app_root"]
-        wanted = [root, record.releases_dir, os.path.join(root, "shared")]
-        wanted += [os.path.join(root, "shared", name) for name in params["shared"]]
-        for directory in wanted:
-            if not os.path.isdir(directory):
-                changed = True
-                if not check:
-                    os.makedirs(directory, mode=0o755)
-        release = os.path.join(record.releases_dir, params["version"])
-        result["complete"] = os.path.exists(os.path.join(release, COMPLETE_MARKER)) and not result.get("stale_unpack")
-        if os.path.isdir(release) and not result["complete"]:
-            # left half unpacked by an interrupted deploy, or unpacked from another build that never went
-            # live: start it again
-            changed = True
-            if not check:
-                shutil.rmtree(release)
-        if not result["complete"] and not check:
-            changed = not os.path.isdir(release) or changed
-            os.makedirs(release, mode=0o755, exist_ok=True)
+    if unpacking:
+        changed = _prepare(params, record, check, result)
 
-    elif state == "staged":
+    if state == "staged" and params["archive"] is not None and not result["complete"]:
+        changed = True
+        if not check:
+            _unpack(module, params["archive"], os.path.join(record.releases_dir, params["version"]))
+
+    if state == "staged" and (not check or os.path.isdir(os.path.join(record.releases_dir, params["version"]))):
         target = _release_dir(module, record, params["version"])
         marker = os.path.join(target, COMPLETE_MARKER)
         if not os.path.exists(marker):
@@ -354,7 +393,7 @@ def main():
             changed = _write_env(module, params, dest=os.path.join(target, ".env")) or changed
         result["staged"] = params["version"]
 
-    elif state == "live":
+    if state == "live":
         version = params["version"]
         live = record.live()
         if params["env"]:
