@@ -111,6 +111,8 @@ def _adopt(path, current, token, holder):
 
 
 def _settle(module):
+    if not module.params["app_root"]:
+        module.fail_json(msg="settle needs app_root", holder=None, held_by_other=False)
     try:
         record = Record(module.params["app_root"], module.params["link"])
     except ValueError as exc:
@@ -143,7 +145,6 @@ def main():
             "link": {"type": "bool", "default": True},
         },
         required_if=[("state", "acquired", ["token"]), ("state", "released", ["token"])],
-        required_by={"settle": ["app_root"]},
         supports_check_mode=True,
     )
     path, state, token = module.params["path"], module.params["state"], module.params["token"]
