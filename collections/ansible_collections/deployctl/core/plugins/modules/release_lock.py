@@ -39,6 +39,9 @@ options:
     type: list
     elements: dict
     default: []
+    suboptions:
+      deployment_id: {description: The deployment to end., type: str, required: true}
+      outcome: {description: How it ended., type: str, required: true, choices: [live, undone, abandoned]}
   app_root: {description: "Root of the app whose release record O(settle) changes.", type: path}
   link:
     description: Whether the record's live version is C(current)'s target (C(false) for compose, see M(deployctl.core.release_record)).

@@ -149,6 +149,8 @@ from ansible_collections.deployctl.core.plugins.module_utils.files import read_l
 from ansible_collections.deployctl.core.plugins.module_utils.release_records import LIVE, PENDING, UNDONE, Record
 
 COMPLETE_MARKER = ".deployctl-complete"
+
+
 def _switch(current, target):
     tmp = f"{current}.{os.getpid()}.tmp"
     os.symlink(target, tmp)
@@ -195,7 +197,7 @@ def _prepare(params, record, check, result):
 def _unpack(module, archive, target):
     """Unpack the tarball into the empty release directory with the host's tar, as ansible.builtin.unarchive
     does (every compression the host's tar reads; members never land outside `target`)."""
-    rc, _, err = module.run_command(["tar", "--extract", "--file", archive, "--directory", target])
+    rc, _out, err = module.run_command(["tar", "--extract", "--file", archive, "--directory", target])
     if rc != 0:
         shutil.rmtree(target, ignore_errors=True)
         why = (err.strip().splitlines() or [f"tar exited with {rc}"])[-1]
