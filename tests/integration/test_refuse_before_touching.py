@@ -1,6 +1,7 @@
 """Bad input and configuration are refused before maintenance goes up; the operator's files and Ansible
 settings are respected. Each refusal: its exit code, one line, no maintenance phase, nothing changed."""
 
+import copy
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 
 from tests.support.databases import database, use_database
 from tests.support.faults import sqlite_state
+from tests.support.project import DemoProject
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +33,36 @@ def live_v1(demo_project):
     assert project.run("release", "v1").code == 0
     project.before = sqlite_state(project.app_root / "shared" / "data" / "demo.db")
     return project
+
+
+@pytest.fixture(scope="module")
+def _one_live_v1(tmp_path_factory):
+    project = DemoProject(tmp_path_factory.mktemp("refused") / "project")
+    project.build("v1")
+    project.build("v2")
+    assert project.run("release", "v1").code == 0
+    project.before = sqlite_state(project.app_root / "shared" / "data" / "demo.db")
+    settings = copy.deepcopy((project.group_vars, project.hosts, project.environment))
+    artifacts = {path: path.read_bytes() for path in project.dist.iterdir()}
+    yield project, settings, artifacts
+    project.stop()
+
+
+@pytest.fixture
+def refused_v1(_one_live_v1):
+    """The live v1 of live_v1, shared by the tests whose commands are all refused (a release takes most of a
+    test's time). Each test starts from the settings and artifacts v1 was released with; after each, the
+    state a refusal must leave is checked again, so what one test changed cannot pass into the next."""
+    project, settings, artifacts = _one_live_v1
+    project.group_vars, project.hosts, project.environment = copy.deepcopy(settings)
+    project.write()
+    for path, data in artifacts.items():
+        if path.read_bytes() != data:
+            path.write_bytes(data)
+    yield project
+    assert project.live() == "v1" and project.served_version() == "v1"
+    assert not (project.app_root / "shared" / "maintenance.json").exists()
+    assert sqlite_state(project.app_root / "shared" / "data" / "demo.db") == project.before
 
 
 def assert_refused(project, result, code: int, words: str) -> None:
@@ -88,11 +120,11 @@ def test_deployctl_owns_only_its_block_and_a_failed_release_puts_it_back(demo_pr
 
 
 @pytest.mark.parametrize("value, why", [("x\nDEMO_PORT=18096", "newline"), ("${HOME}", "expand")])
-def test_a_value_that_cannot_be_written_safely_is_refused_before_maintenance(live_v1, value, why):
-    live_v1.group_vars["deployctl_env"]["INJECTED"] = value
-    live_v1.write()
-    refused = live_v1.run("release", "v2")
-    assert_refused(live_v1, refused, 3, why)
+def test_a_value_that_cannot_be_written_safely_is_refused_before_maintenance(refused_v1, value, why):
+    refused_v1.group_vars["deployctl_env"]["INJECTED"] = value
+    refused_v1.write()
+    refused = refused_v1.run("release", "v2")
+    assert_refused(refused_v1, refused, 3, why)
     assert "INJECTED" in refused.data["message"] and value not in refused.stdout + refused.stderr
 
 
@@ -105,13 +137,13 @@ def test_a_value_that_cannot_be_written_safely_is_refused_before_maintenance(liv
     ({"name": "bad-body", "type": "http", "url": "http://127.0.0.1:1/", "body": "(unclosed"}, "not a valid regular"),
     ({"name": "bad-port", "type": "tcp", "port": "eighty"}, "port"),
 ])
-def test_a_verify_check_that_cannot_run_costs_no_downtime(live_v1, check, words):
+def test_a_verify_check_that_cannot_run_costs_no_downtime(refused_v1, check, words):
     """The checks' configuration is checked on the control node in preflight; verify itself refuses it too."""
-    live_v1.group_vars["deployctl_verify_checks"].append(check)
-    live_v1.write()
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3, words)
-    assert_refused(live_v1, live_v1.run("rollback", "--to", "v1"), 3, words)
-    verify = live_v1.run("verify")
+    refused_v1.group_vars["deployctl_verify_checks"].append(check)
+    refused_v1.write()
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3, words)
+    assert_refused(refused_v1, refused_v1.run("rollback", "--to", "v1"), 3, words)
+    verify = refused_v1.run("verify")
     assert verify.code == 2, verify
     assert words in verify.data["message"]
 
@@ -151,12 +183,12 @@ def test_rollback_with_nothing_to_go_back_to(demo_project):
     assert project.live() == "v1" and project.served_version() == "v1"
 
 
-def test_a_read_only_releases_directory_is_caught_by_preflight(live_v1):
-    releases = live_v1.app_root / "releases"
+def test_a_read_only_releases_directory_is_caught_by_preflight(refused_v1):
+    releases = refused_v1.app_root / "releases"
     subprocess.run(["mount", "--bind", str(releases), str(releases)], check=True)
     subprocess.run(["mount", "-o", "remount,bind,ro", str(releases)], check=True)
     try:
-        assert_refused(live_v1, live_v1.run("release", "v2"), 3, "Read-only file system")
+        assert_refused(refused_v1, refused_v1.run("release", "v2"), 3, "Read-only file system")
     finally:
         subprocess.run(["umount", str(releases)], check=False)
 
@@ -166,10 +198,10 @@ def test_a_read_only_releases_directory_is_caught_by_preflight(live_v1):
     ({"environments": {"local": {"inventory": "inventory/local"}}, "enviroments": {}}, "unknown setting"),
     ({"environments": {"local": {"inventory": "inventory/local", "phase_timout": 10}}}, "phase_timout"),
 ])
-def test_configuration_mistakes_are_one_line_and_exit_2(live_v1, config, words):
-    (live_v1.root / "deployctl.yml").write_text(json.dumps(config))
+def test_configuration_mistakes_are_one_line_and_exit_2(refused_v1, config, words):
+    (refused_v1.root / "deployctl.yml").write_text(json.dumps(config))
     for args in (("release", "v2"), ("status",), ("verify",)):
-        refused = live_v1.run(*args)
+        refused = refused_v1.run(*args)
         assert refused.code == 2, refused
         assert words in refused.data["error"] and refused.stderr.count("\n") == 1, refused.stderr
 
@@ -274,23 +306,23 @@ def test_debug_settings_of_the_caller_never_put_secrets_in_kept_files(demo_proje
     assert not list(home.rglob("AnsiballZ_*")), "no module payload was kept"
 
 
-def test_status_tells_the_truth(live_v1):
-    status = live_v1.run("status")
+def test_status_tells_the_truth(refused_v1):
+    status = refused_v1.run("status")
     host = status.data["hosts"]["localhost"]
     assert (host["live"], host["reported_version"], host["maintenance"]) == ("v1", "v1", False)
-    assert live_v1.run("maintenance", "on").code == 0
-    host = live_v1.run("status").data["hosts"]["localhost"]
+    assert refused_v1.run("maintenance", "on").code == 0
+    host = refused_v1.run("status").data["hosts"]["localhost"]
     assert host["maintenance"] is True
-    assert live_v1.run("maintenance", "off").code == 0
+    assert refused_v1.run("maintenance", "off").code == 0
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_mounts(tmp_path):
+def _no_leftover_mounts(tmp_path, tmp_path_factory):
     yield
     mounts = Path("/proc/mounts").read_text()
     for line in mounts.splitlines():
         target = line.split()[1]
-        if target.startswith(str(tmp_path)):
+        if target.startswith((str(tmp_path), str(tmp_path_factory.getbasetemp() / "refused"))):
             subprocess.run(["umount", "-l", target], check=False)
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
 
@@ -298,48 +330,49 @@ def _no_leftover_mounts(tmp_path):
 # ---------------------------------------------------------------- inventory mistakes
 
 
-def test_a_missing_db_group_with_backups_on_is_refused(live_v1):
-    del live_v1.hosts["all"]["children"]["db"]
-    live_v1.write()
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "exactly one host in group db")
+def test_a_missing_db_group_with_backups_on_is_refused(refused_v1):
+    del refused_v1.hosts["all"]["children"]["db"]
+    refused_v1.write()
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3, "exactly one host in group db")
 
 
-def test_a_typo_in_the_app_group_is_refused(live_v1):
-    children = live_v1.hosts["all"]["children"]
+def test_a_typo_in_the_app_group_is_refused(refused_v1):
+    children = refused_v1.hosts["all"]["children"]
     children["ap"] = children.pop("app")
-    live_v1.write()
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "needs hosts in group app")
+    refused_v1.write()
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3, "needs hosts in group app")
 
 
-def test_a_typo_in_a_variable_name_is_refused_with_what_was_meant(live_v1):
-    live_v1.group_vars["deployctl_migrate_comand"] = live_v1.group_vars.pop("deployctl_migrate_command")
-    live_v1.write()
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3,
+def test_a_typo_in_a_variable_name_is_refused_with_what_was_meant(refused_v1):
+    refused_v1.group_vars["deployctl_migrate_comand"] = refused_v1.group_vars.pop("deployctl_migrate_command")
+    refused_v1.write()
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3,
                    "deployctl_migrate_comand (did you mean deployctl_migrate_command?)")
 
 
-def test_a_typo_in_a_database_setting_is_refused_with_what_was_meant(live_v1):
+def test_a_typo_in_a_database_setting_is_refused_with_what_was_meant(refused_v1):
     """`hots:` would have sent the backups and restores to the default host."""
-    live_v1.group_vars["deployctl_database"] = {**live_v1.group_vars["deployctl_database"], "hots": "127.0.0.1"}
-    live_v1.write()
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3,
+    refused_v1.group_vars["deployctl_database"] = {**refused_v1.group_vars["deployctl_database"], "hots": "127.0.0.1"}
+    refused_v1.write()
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3,
                    "deployctl_database.hots (did you mean deployctl_database.host?)")
 
 
-def test_an_archive_under_one_top_level_directory_is_refused_before_maintenance(live_v1, tmp_path):
+def test_an_archive_under_one_top_level_directory_is_refused_before_maintenance(refused_v1, tmp_path):
     """Unpacked as it is, bin/restart would be releases/v2/demo-v2/bin/restart: the app could not start."""
-    archive = live_v1.dist / "demo-v2.tar.gz"
+    archive = refused_v1.dist / "demo-v2.tar.gz"
     unpacked = tmp_path / "demo-v2"
     unpacked.mkdir()
     subprocess.run(["tar", "-xzf", str(archive), "-C", str(unpacked)], check=True)
     subprocess.run(["tar", "-czf", str(archive), "-C", str(tmp_path), "demo-v2"], check=True)
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "has no bin/restart, bin/stop, bin/migrate at its root")
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3,
+                   "has no bin/restart, bin/stop, bin/migrate at its root")
 
 
-def test_a_truncated_archive_is_refused_before_maintenance(live_v1):
-    archive = live_v1.dist / "demo-v2.tar.gz"
+def test_a_truncated_archive_is_refused_before_maintenance(refused_v1):
+    archive = refused_v1.dist / "demo-v2.tar.gz"
     archive.write_bytes(archive.read_bytes()[:200])
-    assert_refused(live_v1, live_v1.run("release", "v2"), 3, "is not a whole tar archive")
+    assert_refused(refused_v1, refused_v1.run("release", "v2"), 3, "is not a whole tar archive")
 
 
 # ---------------------------------------------------------------- a version is one build
@@ -381,13 +414,13 @@ def test_releasing_the_live_version_again_asks_then_restarts_its_app(live_v1):
 # ---------------------------------------------------------------- rollback input
 
 
-def test_rollback_data_choices_are_one_or_the_other(live_v1):
-    both = live_v1.run("rollback", "--keep-data", "--restore-data")
+def test_rollback_data_choices_are_one_or_the_other(refused_v1):
+    both = refused_v1.run("rollback", "--keep-data", "--restore-data")
     assert both.code == 2 and "choose one" in both.data["error"], both
 
 
-def test_rolling_back_to_the_live_version_does_nothing(live_v1):
-    nothing = live_v1.run("rollback", "--to", "v1")
+def test_rolling_back_to_the_live_version_does_nothing(refused_v1):
+    nothing = refused_v1.run("rollback", "--to", "v1")
     assert nothing.code == 0 and "already live" in nothing.data["message"], nothing
     assert "maintenance on" not in phase_names(nothing)
 
@@ -404,15 +437,15 @@ def test_restore_data_from_a_set_that_is_gone_is_refused_before_maintenance(demo
     assert "maintenance on" not in phase_names(refused) and project.live() == "v2"
 
 
-def test_a_manual_backup_records_the_live_version(live_v1):
-    taken = live_v1.run("backup")
+def test_a_manual_backup_records_the_live_version(refused_v1):
+    taken = refused_v1.run("backup")
     assert taken.code == 0, taken
-    newest = live_v1.run("backups").data["sets"][0]
+    newest = refused_v1.run("backups").data["sets"][0]
     assert (newest["live_version"], newest["purpose"]) == ("v1", "manual")
 
 
-def test_recover_with_nothing_to_recover_leaves_no_record(live_v1):
-    before = live_v1.run("history").data
-    nothing = live_v1.run("recover")
+def test_recover_with_nothing_to_recover_leaves_no_record(refused_v1):
+    before = refused_v1.run("history").data
+    nothing = refused_v1.run("recover")
     assert nothing.code == 0 and "nothing to recover" in nothing.data["message"], nothing
-    assert live_v1.run("history").data == before
+    assert refused_v1.run("history").data == before
