@@ -174,6 +174,37 @@ def run_text(argv, timeout, label=None, cwd=None, env=None):
     return done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
 
 
+class CommandFailed(Exception):
+    """A command that could not run, ran too long or (see failure()) exited non-zero; `result` holds what
+    is known of the run."""
+
+    def __init__(self, msg, **result):
+        super().__init__(msg)
+        self.result = result
+
+
+def run_command(argv, cwd=None, timeout=None, scrub=()):
+    """Run one command the modules' way, tracked: {rc, stdout, stderr, seconds}, output as text with the
+    secrets in `scrub` masked; CommandFailed when it could not run or ran longer than `timeout` seconds."""
+    started = time.monotonic()
+    try:
+        done = run(argv, cwd=cwd, timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"{argv[0]} ran longer than {timeout} s and was stopped", rc=-1) from None
+    except OSError as exc:
+        raise CommandFailed(f"cannot run {argv[0]}: {exc.strerror or exc}", rc=127) from None
+    return {"rc": done.returncode,
+            "stdout": scrubbed(done.stdout.decode("utf-8", "replace"), scrub),
+            "stderr": scrubbed(done.stderr.decode("utf-8", "replace"), scrub),
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def failure(argv, result):
+    """Why a command that ran failed: its exit status and the last lines it printed."""
+    why = (result["stderr"].strip() or result["stdout"].strip()).splitlines()[-5:]
+    return f"{argv[0]} exited with {result['rc']}" + ((": " + " / ".join(why)) if why else "")
+
+
 def scrubbed(text, secrets):
     """`text` with every secret of some length masked (short ones would mask ordinary words)."""
     for secret in sorted((s for s in secrets or () if s and len(s) >= 6), key=len, reverse=True):

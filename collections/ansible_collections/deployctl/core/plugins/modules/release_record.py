@@ -83,6 +83,16 @@ options:
         is already there (unpacked by M(ansible.builtin.unarchive) or checked out by M(ansible.builtin.git)
         after C(prepared)).
     type: path
+  restart_cmd:
+    description:
+      - With C(live), the command that restarts the app, run in C(current) once the switch is made (split like a
+        shell would, run without one, recorded like M(deployctl.core.tracked_command)'s commands with the label
+        C(restart)). It runs when C(current) was switched, or always with O(restart_always); empty, nothing runs.
+        A restart that fails fails the task with the switch already made, as RV(switched) says.
+    type: str
+    default: ""
+  restart_always: {description: "With C(live), run O(restart_cmd) even when the version was live already.", type: bool, default: false}
+  scrub: {description: Values masked in the restart command's output., type: list, elements: str, default: []}
   link:
     description:
       - With C(false) the live version is kept in the record only, for strategies without release directories
@@ -108,6 +118,7 @@ EXAMPLES = r"""
     state: live
     version: v2
     deployment_id: DEP-20261201-093000
+    restart_cmd: bin/restart
 """
 
 RETURN = r"""
@@ -127,6 +138,14 @@ env_staged:
   type: bool
   returned: when state is staged
 pruned: {description: Releases deleted after the switch., type: list, returned: when state is live}
+switched: {description: "Whether C(current) was switched (C(live), C(rolled_back)).", type: bool, returned: when state is live or rolled_back}
+restarted: {description: Whether O(restart_cmd) ran., type: bool, returned: when state is live}
+restart:
+  description:
+    - "The restart command's C(rc), C(stdout), C(stderr) (their last 256 KiB, O(scrub) masked) and C(seconds)."
+    - When it failed, its C(rc), C(stdout) and C(stderr) are also returned as such, as a failed command's are.
+  type: dict
+  returned: when O(restart_cmd) ran
 undone: {description: "The deployments whose entries C(rolled_back) undid, oldest first.", type: list, returned: when state is rolled_back}
 lock: {description: "Holder of the release lock, null when free.", type: dict, returned: when state is read or begun}
 maintenance: {description: Whether the maintenance flag is up., type: bool, returned: when state is read or begun}
@@ -144,6 +163,7 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.deployctl.core.plugins.module_utils import processes
 from ansible_collections.deployctl.core.plugins.module_utils.envfile import EnvError, write_block
 from ansible_collections.deployctl.core.plugins.module_utils.files import read_lock, utc_stamp, write_atomic
 from ansible_collections.deployctl.core.plugins.module_utils.release_records import LIVE, PENDING, UNDONE, Record
@@ -305,6 +325,21 @@ def _entry(record, version, deployment_id):
                            "status": PENDING if deployment_id else LIVE})
 
 
+def _restart(module, params, record, result):
+    """The restart in the switch's own call: one module call less inside the maintenance window."""
+    argv = processes.argv_of(params["restart_cmd"])
+    processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"], "restart")
+    try:
+        result["restart"] = processes.run_command(argv, cwd=record.current, scrub=params["scrub"])
+    except processes.CommandFailed as exc:
+        module.fail_json(msg=str(exc), **{**result, **record.report(), "restart": exc.result, **exc.result})
+    result["restarted"] = True
+    if result["restart"]["rc"] != 0:
+        # rc, stdout and stderr where a failed command's are, for whoever reads the failure
+        module.fail_json(msg=processes.failure(argv, result["restart"]),
+                         **{**result, **record.report(), **result["restart"]})
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -323,6 +358,9 @@ def main():
             "env": {"type": "dict", "no_log": True},
             "env_save_to": {"type": "path"},
             "archive": {"type": "path"},
+            "restart_cmd": {"type": "str", "default": ""},
+            "restart_always": {"type": "bool", "default": False},
+            "scrub": {"type": "list", "elements": "str", "default": [], "no_log": True},
         },
         required_if=[("state", "live", ["version"]), ("state", "prepared", ["version"]), ("state", "staged", ["version"]),
                      ("state", "begun", ["deployment_id"])],
@@ -422,6 +460,10 @@ def main():
             shutil.rmtree(os.path.join(record.releases_dir, old))
         changed = changed or bool(doomed)
         result["pruned"] = doomed
+        result["restarted"] = False
+        if params["restart_cmd"].strip() and (result["switched"] or params["restart_always"]) and not check:
+            _restart(module, params, record, result)
+            changed = True
 
     elif state == "rolled_back":
         target = params["version"] or None

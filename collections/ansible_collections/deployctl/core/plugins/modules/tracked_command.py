@@ -81,45 +81,20 @@ status_after: {description: "Output of O(status_cmd) after the command, stripped
 
 import os
 import shlex
-import subprocess
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.deployctl.core.plugins.module_utils import processes
 
 
-class CommandFailed(Exception):
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.result = result
-
-
 def run_tracked(argv, params):
-    """Run one command the module's way: (rc, stdout, stderr, seconds), output scrubbed; CommandFailed when
-    it could not run or ran too long."""
-    started = time.monotonic()
-    try:
-        done = processes.run(argv, cwd=params["chdir"], timeout=params["timeout"] or None)
-    except subprocess.TimeoutExpired:
-        raise CommandFailed(f"{argv[0]} ran longer than {params['timeout']} s and was stopped", rc=-1) from None
-    except OSError as exc:
-        raise CommandFailed(f"cannot run {argv[0]}: {exc.strerror or exc}", rc=127) from None
-    return {"rc": done.returncode,
-            "stdout": processes.scrubbed(done.stdout.decode("utf-8", "replace"), params["scrub"]),
-            "stderr": processes.scrubbed(done.stderr.decode("utf-8", "replace"), params["scrub"]),
-            "seconds": round(time.monotonic() - started, 3)}
-
-
-def failure(argv, result):
-    why = (result["stderr"].strip() or result["stdout"].strip()).splitlines()[-5:]
-    return f"{argv[0]} exited with {result['rc']}" + ((": " + " / ".join(why)) if why else "")
+    return processes.run_command(argv, cwd=params["chdir"], timeout=params["timeout"], scrub=params["scrub"])
 
 
 def read_status(argv, params):
     """The status command's output, stripped; CommandFailed when it fails."""
     result = run_tracked(argv, params)
     if result["rc"] != 0:
-        raise CommandFailed(f"the status command {failure(argv, result)}")
+        raise processes.CommandFailed(f"the status command {processes.failure(argv, result)}")
     return result["stdout"].strip()
 
 
@@ -161,17 +136,17 @@ def main():
             module.exit_json(changed=False, skipped=module.check_mode and bool(argv), rc=0, stdout="", stderr="",
                              status_after=result.get("status_before"), **result)
         result.update(run_tracked(argv, params), ran=True)
-    except CommandFailed as exc:
+    except processes.CommandFailed as exc:
         module.fail_json(msg=str(exc), **{**result, **exc.result})
     try:
         if status:
             result["status_after"] = read_status(status, params)
-    except CommandFailed as exc:
+    except processes.CommandFailed as exc:
         if result["rc"] == 0:
             module.fail_json(msg=str(exc), **result)
     result["changed"] = result["status_before"] != result.get("status_after") if status else True
     if result["rc"] != 0:
-        module.fail_json(msg=failure(argv, result), **result)
+        module.fail_json(msg=processes.failure(argv, result), **result)
     module.exit_json(**result)
 
 
