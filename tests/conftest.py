@@ -47,6 +47,8 @@ SLOW = (
     "tests/faults/test_one_owner.py::test_backups_never_push_out_the_set_a_rollback_needs",
     "tests/faults/test_history.py::test_the_history_breaks_mid_release",
     "tests/faults/test_recover.py::test_sigkill_mid_deploy_then_recover",
+    "tests/faults/test_recover.py::test_a_control_node_dying_while_the_bot_is_paused_then_recover_resumes_it",
+    "tests/integration/test_telegram_bot.py::test_a_rolled_back_release_sets_the_webhook_again",
 )
 SLOW_SECONDS = 60
 

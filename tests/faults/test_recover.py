@@ -16,6 +16,7 @@ from tests.support.faults import (
     wait_for,
 )
 from tests.support.project import DEPLOYCTL
+from tests.support.telegram import HOOK, SECRET, FakeBotAPI, configure
 
 
 def start_detached(project, *args) -> subprocess.Popen:
@@ -168,27 +169,23 @@ def test_unlock_refuses_while_a_dead_deployctls_ansible_still_runs(demo_project)
     assert settled(project.app_root) == SETTLED
 
 
-def test_a_dead_deployctls_release_goes_no_further_than_the_phase_it_was_in(demo_project):
-    """The release is one Ansible run that waits for deployctl at every phase boundary: with deployctl
-    gone, it ends the phase it is in (the migration, which ends by deleting every item) and stops there,
-    before the switch: the new code never goes live."""
-    project = demo_project()
+def migrating_v2(project, seconds: int):
+    """v1 live (a user's row written after it), then the release of v2 started, detached, with a migration
+    that takes `seconds`; returned once it migrates: (the release's process, the database, its state before)."""
     project.build("v1")
     project.build("v2", migrations=["add_price:ALTER TABLE items ADD COLUMN price INTEGER"])
     assert project.run("release", "v1").code == 0
     project.sqlite("INSERT INTO items (id, name) VALUES (10, 'written by a user')")
     database = project.app_root / "shared" / "data" / "demo.db"
     before = sqlite_state(database)
-    marker = long_migration(project, 4)
+    marker = long_migration(project, seconds)
     proc = start_detached(project, "release", "v2")
     wait_for(marker.exists, what="the migration to start")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    runs = str(project.root / ".deployctl" / "runs")
-    wait_for(lambda: not processes_matching(runs), timeout=120, what="the dead deployctl's Ansible run to end")
-    assert sqlite_state(database) != before, "the migration finished"
-    assert project.live() == "v1", "the run stopped before the switch"
+    return proc, database, before
 
+
+def recovered_to_v1(project, database, before) -> None:
+    """`deployctl recover` (with the migrate command put right) leaves v1 live on its data, nothing running."""
     project.group_vars["deployctl_migrate_command"] = "bin/migrate"
     project.write()
     recovered = project.run("recover")
@@ -196,3 +193,39 @@ def test_a_dead_deployctls_release_goes_no_further_than_the_phase_it_was_in(demo
     assert project.live() == "v1" and project.served_version() == "v1"
     assert sqlite_state(database) == before
     assert settled(project.app_root) == SETTLED
+
+
+def test_a_dead_deployctls_release_goes_no_further_than_the_phase_it_was_in(demo_project):
+    """The release is one Ansible run that waits for deployctl at every phase boundary: with deployctl
+    gone, it ends the phase it is in (the migration, which ends by deleting every item) and stops there,
+    before the switch: the new code never goes live."""
+    project = demo_project()
+    proc, database, before = migrating_v2(project, 4)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    runs = str(project.root / ".deployctl" / "runs")
+    wait_for(lambda: not processes_matching(runs), timeout=120, what="the dead deployctl's Ansible run to end")
+    assert sqlite_state(database) != before, "the migration finished"
+    assert project.live() == "v1", "the run stopped before the switch"
+    recovered_to_v1(project, database, before)
+
+
+def test_a_control_node_dying_while_the_bot_is_paused_then_recover_resumes_it(demo_project):
+    """The webhook is deleted inside the window; the whole control node dies mid-migration. Until `recover`
+    the bot stays paused (Telegram keeps its updates); recover rolls back and sets the webhook again."""
+    api = FakeBotAPI()
+    try:
+        project = demo_project()
+        configure(project, api)
+        api.set_webhook_directly(HOOK)
+        proc, database, before = migrating_v2(project, 30)
+        kill_tree(proc.pid)
+        proc.wait()
+        assert api.webhook["url"] == "", "the webhook is paused inside the window"
+        api.webhook["pending_update_count"] = 7
+
+        recovered_to_v1(project, database, before)
+        assert api.webhook["url"] == HOOK and api.secret_token == SECRET
+        assert api.webhook["pending_update_count"] == 7, "the updates that came meanwhile are still delivered"
+    finally:
+        api.close()

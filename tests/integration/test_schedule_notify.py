@@ -13,12 +13,12 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.http import Handler, LocalServer
 
 DEPLOYCTL = str(Path(sys.executable).with_name("deployctl"))
 TOKEN = "987654321:AAE-integration-secret-token"
@@ -32,35 +32,17 @@ class Endpoint:
         self.posts: list[dict] = []
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class EndpointHandler(Handler):
             def do_GET(self):
-                self._answer(200 if endpoint.healthy else 500, b"ok" if endpoint.healthy else b"down")
+                self.send(200 if endpoint.healthy else 500, b"ok" if endpoint.healthy else b"down", "text/plain")
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                endpoint.posts.append({"path": self.path, "body": json.loads(body or b"null")})
-                self._answer(200, b'{"ok": true}')
+                endpoint.posts.append({"path": self.path, "body": json.loads(self.body() or b"null")})
+                self.send(200, b'{"ok": true}')
 
-            def _answer(self, status, body):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server = LocalServer(EndpointHandler)
+        self.url = self.server.url
+        self.close = self.server.close
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.http import Handler, LocalServer
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,7 +43,7 @@ class App:
 
 
 def handler_for(app: App):
-    class Handler(BaseHTTPRequestHandler):
+    class AppHandler(Handler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -58,25 +59,9 @@ def handler_for(app: App):
                     if app.warmup_left > 0:
                         app.warmup_left -= 1
                         status, body = 503, b"starting"
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send(status, body)
 
-        def log_message(self, *args):
-            pass
-
-    return Handler
-
-
-def serve(app: App, context: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(app))
-    server.daemon_threads = True
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return server
+    return AppHandler
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +76,13 @@ def servers(tmp_path_factory):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     app = App()
-    plain, tls = serve(app), serve(app, context)
+    plain, tls = LocalServer(handler_for(app)), LocalServer(handler_for(app), context)
     try:
-        yield {"app": app, "http": f"http://127.0.0.1:{plain.server_address[1]}",
-               "https": f"https://127.0.0.1:{tls.server_address[1]}", "tls_port": tls.server_address[1],
-               "http_port": plain.server_address[1], "cert": str(cert)}
+        yield {"app": app, "http": plain.url, "https": tls.url, "tls_port": tls.port, "http_port": plain.port,
+               "cert": str(cert)}
     finally:
         for server in (plain, tls):
-            server.shutdown()
-            server.server_close()
+            server.close()
 
 
 def probe(checks: list[dict], tmp_path: Path, **options) -> tuple[int, dict, str]:

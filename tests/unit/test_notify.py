@@ -6,7 +6,6 @@ import sqlite3
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from deployctl.console import Output  # noqa: E402
 from deployctl.errors import BadInput  # noqa: E402
 from deployctl.pipeline import Pipeline  # noqa: E402
 from deployctl.project import Environment, Project  # noqa: E402
+from tests.support.http import Handler, LocalServer  # noqa: E402
 from tests.support.stub_runner import Answer, StubRunner  # noqa: E402
 
 TOKEN = "123456789:AAH-very-secret-token_xyz"
@@ -34,37 +34,22 @@ class Receiver:
         self.release = threading.Event()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class ReceiverHandler(Handler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receiver.requests.append({"path": self.path, "headers": dict(self.headers),
-                                          "body": json.loads(body or b"null")})
+                                          "body": json.loads(self.body() or b"null")})
                 status = answer(len(receiver.requests))
                 if status is None:
                     receiver.release.wait(30)
                     return
-                reply = b'{"ok": true}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self.send(status, b'{"ok": true}')
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = LocalServer(ReceiverHandler)
+        self.url = self.server.url
 
     def close(self):
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 # Copyright: deployctl maintainers
 # MIT License (see galaxy.yml)
 """The health checks of deployctl.core.probe: HTTP, TCP, command, MySQL, PostgreSQL, Redis, TLS certificate,
-disk, memory, load, latency percentiles and error rate, each with one structured result.
+a Telegram bot, disk, memory, load, latency percentiles and error rate, each with one structured result.
 
 Standard library only: runs on the managed hosts (Python 3.8+)."""
 
@@ -19,19 +19,19 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.deployctl.core.plugins.module_utils import processes
+from ansible_collections.deployctl.core.plugins.module_utils import processes, telegram
 
 UTC = datetime.timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11; hosts may run older ones)
 MEASUREMENTS = {"disk", "memory", "load", "latency", "error_rate"}
 DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432, "redis": 6379, "tls_cert": 443}
-DEFAULT_THRESHOLDS = {"disk": 85.0, "memory": 80.0, "load": 70.0, "error_rate": 1.0}
+DEFAULT_THRESHOLDS = {"disk": 85.0, "memory": 80.0, "load": 70.0, "error_rate": 1.0, "telegram": 100}
 ALIASES = {"mariadb": "mysql", "postgres": "postgresql"}
 BODY_LIMIT = 1024 * 1024
 CHECK_OPTIONS = {
     "name": {"type": "str", "required": True},
     "type": {"type": "str", "required": True,
              "choices": ["http", "tcp", "command", "mysql", "mariadb", "postgresql", "postgres", "redis",
-                         "tls_cert", "disk", "memory", "load", "latency", "error_rate"]},
+                         "tls_cert", "telegram", "disk", "memory", "load", "latency", "error_rate"]},
     "url": {"type": "str"},
     "method": {"type": "str", "default": "GET"},
     "headers": {"type": "dict"},
@@ -60,6 +60,10 @@ CHECK_OPTIONS = {
     "concurrency": {"type": "int", "default": 1},
     "p50_ms": {"type": "float", "default": 500},
     "p95_ms": {"type": "float", "default": 1000},
+    "token": {"type": "str", "no_log": True},
+    "api_url": {"type": "str", "default": telegram.DEFAULT_API_URL},
+    "webhook_url": {"type": "str", "default": ""},
+    "error_window": {"type": "float", "default": 600},
     "retries": {"type": "int"},
     "delay": {"type": "float"},
     "timeout": {"type": "float"},
@@ -71,6 +75,7 @@ PROBE_OPTIONS = {
     "timeout": {"type": "float", "default": 5},
     "hostname": {"type": "str"},
     "validate_only": {"type": "bool", "default": False},
+    "maintenance_flag": {"type": "path"},
 }
 
 
@@ -338,6 +343,41 @@ def check_redis(check, timeout):
     return Outcome(True, "PONG", "PONG", f"Redis {address} answered PONG")
 
 
+# --------------------------------------------------------------------------- Telegram bot
+
+
+def check_telegram(check, timeout):
+    """getMe answers; the webhook is the expected one (none for a polling bot, none while paused for
+    maintenance); fewer pending updates than the threshold; no delivery error within error_window seconds."""
+    expected = check["webhook_url"]
+    try:
+        api = telegram.BotAPI(check["token"], check["api_url"], timeout, check["use_proxy"])
+        bot = "@" + str((api.me() or {}).get("username", "?"))
+        info = api.webhook() or {}
+    except telegram.BotAPIError as exc:
+        return Outcome(False, None, None, f"Telegram bot: {exc}")
+    url, pending = info.get("url", ""), info.get("pending_update_count", 0)
+    value = {"bot": bot, "webhook": url, "pending_update_count": pending}
+    threshold = {"webhook": expected, "pending_update_count": check["threshold"]}
+    if check["paused"] and expected and not url:
+        return Outcome(True, value, threshold, f"{bot} answers; its webhook is paused for maintenance "
+                                               f"({pending} updates waiting)")
+    if url != expected:
+        wanted = f"webhook {expected}" if expected else "no webhook (a polling bot's getUpdates fails while one is set)"
+        return Outcome(False, value, threshold, f"{bot}: webhook is {url or 'not set'}, expected {wanted}")
+    if pending >= check["threshold"]:
+        return Outcome(False, value, threshold,
+                       f"{bot}: {pending} updates waiting (below {check['threshold']:g} expected)")
+    error_at = info.get("last_error_date")
+    if expected and error_at and time.time() - error_at < check["error_window"]:
+        when = datetime.datetime.fromtimestamp(error_at, UTC).strftime("%H:%M:%S UTC")
+        value["last_error"] = f"{when}: {info.get('last_error_message', '')}"
+        return Outcome(False, value, threshold, _one_line(
+            f"{bot}: Telegram could not deliver to the webhook at {when}: {info.get('last_error_message', '?')}"))
+    return Outcome(True, value, threshold,
+                   f"{bot} answers; webhook {url or 'none (polling)'}, {pending} updates waiting")
+
+
 # --------------------------------------------------------------------------- TLS certificate
 
 
@@ -445,7 +485,8 @@ def check_load(check, timeout):
 
 CHECKS = {
     "http": check_http, "tcp": check_tcp, "command": check_command, "mysql": check_mysql,
-    "postgresql": check_postgresql, "redis": check_redis, "tls_cert": check_tls_cert, "disk": check_disk,
+    "postgresql": check_postgresql, "redis": check_redis, "tls_cert": check_tls_cert, "telegram": check_telegram,
+    "disk": check_disk,
     "memory": check_memory, "load": check_load, "latency": check_latency, "error_rate": check_error_rate,
 }
 
@@ -462,6 +503,10 @@ def prepare(check, params):
         return f"check {check['name']!r} (tcp) needs a port"
     if kind == "command" and not check["command"]:
         return f"check {check['name']!r} (command) needs a command"
+    if kind == "telegram" and not check["token"]:
+        return f"check {check['name']!r} (telegram) needs the bot's token"
+    # a webhook deleted on purpose while maintenance is on is not a failure
+    check["paused"] = bool(params.get("maintenance_flag")) and os.path.exists(params["maintenance_flag"])
     if check["port"] is None:
         check["port"] = DEFAULT_PORTS.get(kind)
     if check["threshold"] is None:

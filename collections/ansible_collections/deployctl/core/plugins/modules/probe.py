@@ -18,7 +18,10 @@ description:
   - "Types: V(http) (status, body regex, latency limit, HTTPS required), V(tcp) (port open), V(command)
     (exit code), V(mysql)/V(mariadb) and V(postgresql)/V(postgres) (C(SELECT 1) through the command line
     client), V(redis) (C(PING), optional C(AUTH)), V(tls_cert) (certificate valid and more than O(checks[].min_days)
-    days from expiry), V(disk), V(memory) and V(load) (usage below a threshold in percent), V(latency)
+    days from expiry), V(telegram) (the bot's C(getMe) answers, its webhook is O(checks[].webhook_url), fewer
+    updates waiting than O(checks[].threshold), no delivery error within O(checks[].error_window) seconds; while
+    O(maintenance_flag) exists a webhook deleted for maintenance passes), V(disk), V(memory) and V(load) (usage
+    below a threshold in percent), V(latency)
     (p50/p95 over a burst of requests) and V(error_rate) (share of failed requests over a burst)."
   - Connection checks (http, tcp, command, mysql, postgresql, redis, tls_cert) are attempted up to
     O(retries) times, O(delay) seconds apart, so an app that is still starting gets time to come up.
@@ -43,8 +46,8 @@ options:
         description: Kind of check.
         type: str
         required: true
-        choices: [http, tcp, command, mysql, mariadb, postgresql, postgres, redis, tls_cert, disk, memory, load,
-                  latency, error_rate]
+        choices: [http, tcp, command, mysql, mariadb, postgresql, postgres, redis, tls_cert, telegram, disk, memory,
+                  load, latency, error_rate]
       url: {description: "URL for V(http), V(latency) and V(error_rate).", type: str}
       method: {description: "HTTP method.", type: str, default: GET}
       headers: {description: "HTTP request headers.", type: dict}
@@ -81,7 +84,18 @@ options:
         description:
           - Limit in percent the value must stay below. Defaults disk 85, memory 80, load 70 (1-minute load
             average per CPU), error_rate 1.
+          - For V(telegram), the pending updates the webhook may have, at most one less (default 100).
         type: float
+      token: {description: "The bot's token (V(telegram)).", type: str}
+      api_url: {description: "Base URL of the Bot API (V(telegram)).", type: str, default: "https://api.telegram.org"}
+      webhook_url:
+        description: The webhook the bot must have (V(telegram)); empty for a polling bot, which must have none.
+        type: str
+        default: ""
+      error_window:
+        description: Seconds within which a webhook delivery error reported by Telegram fails the check (V(telegram)).
+        type: float
+        default: 600
       requests: {description: "Requests in the burst (V(latency), V(error_rate)).", type: int, default: 20}
       concurrency: {description: "Requests in flight at a time during a burst.", type: int, default: 1}
       p50_ms: {description: "Median latency limit in milliseconds (V(latency)).", type: float, default: 500}
@@ -97,6 +111,9 @@ options:
     description: Check the checks' configuration (types, options, regular expressions) and run none of them.
     type: bool
     default: false
+  maintenance_flag:
+    description: The maintenance flag file; while it exists, a V(telegram) check accepts a webhook deleted for maintenance.
+    type: path
 notes:
   - Supports check mode (the checks only read).
 """
@@ -130,7 +147,8 @@ checks:
     value:
       description:
         - What was measured. http {status, latency_ms}; tcp V(open)/V(closed); command the exit code;
-          mysql/postgresql the query's output; redis the PING reply; tls_cert days left; disk/memory/load and
+          mysql/postgresql the query's output; redis the PING reply; tls_cert days left; telegram {bot, webhook,
+          pending_update_count}; disk/memory/load and
           error_rate a percentage; latency {p50_ms, p95_ms}.
       type: raw
     threshold: {description: What the value was compared against., type: raw}
