@@ -122,11 +122,15 @@ def unavailable_reason() -> str | None:
 class SSHHosts:
     """N real sshd hosts on a private bridge; a context manager. See the module docstring."""
 
-    def __init__(self, count: int = 3, *, start_timeout: float = 20.0) -> None:
+    def __init__(self, count: int = 3, *, start_timeout: float = 20.0,
+                 session_environment: Mapping[str, str] | None = None) -> None:
+        """session_environment: variables sshd sets in every session on each host (SetEnv), e.g. a DOCKER_HOST
+        of the host's own; `{host_dir}` in a value is the host's private directory on this machine."""
         if not 1 <= count <= MAX_HOSTS:
             raise ValueError(f"count must be between 1 and {MAX_HOSTS}, not {count}")
         self.count = count
         self.start_timeout = start_timeout
+        self.session_environment = dict(session_environment or {})
         self.tag: str | None = None
         self.dir: Path | None = None
         self.subnet: ipaddress.IPv4Network | None = None
@@ -284,6 +288,8 @@ class SSHHosts:
         host_key = host_dir / "ssh_host_ed25519_key"
         _keygen(host_key, f"root@{name}")
         config = host_dir / "sshd_config"
+        set_env = " ".join(f"{key}={value.format(host_dir=host_dir)}"
+                           for key, value in self.session_environment.items())
         config.write_text(
             _SSHD_CONFIG.format(
                 address=address,
@@ -291,6 +297,7 @@ class SSHHosts:
                 authorized_keys=self.dir / "authorized_keys",
                 pid_file=host_dir / "sshd.pid",
             )
+            + (f"SetEnv {set_env}\n" if set_env else "")
         )
         inner = (
             "mount --make-rprivate / && mount --bind {srv} /srv && hostname {name} && "
@@ -338,6 +345,11 @@ class SSHHosts:
         return " ".join(parts) or "(no log output)"
 
     # -- use ---------------------------------------------------------------------------------
+
+    def host_dir(self, host: str | Host) -> Path:
+        """The host's private directory on this machine (its /srv is srv/ in it)."""
+        assert self.dir
+        return self.dir / self.host(host).name
 
     def host(self, name: str | Host) -> Host:
         if isinstance(name, Host):
