@@ -452,6 +452,23 @@ def test_image_loaded_from_an_archive_and_compose_command_detected(compose_proje
     assert 'docker-compose\\"] "' in without.stdout, without.stdout[-2000:]  # v1: no version asked
 
 
+def test_ship_over_the_local_connection_finds_the_image_in_the_same_engine(compose_project):
+    """With the local connection the host's engine is the control node's: nothing to ship, the id is checked
+    all the same, and an image the control node lacks is refused before anything changes."""
+    project = compose_project(deployctl_compose_image_source="ship")
+    project.build("v1")
+    missing = project.run("release", "v9")
+    assert missing.code == 3, missing
+    assert missing.data["message"] == (
+        f"preflight failed: localhost: image {project.name}:v9 is not in the control node's Docker engine, and "
+        "localhost does not have it: build or tag it on the control node first; nothing was changed"), missing
+    assert project.containers() == []
+    released = project.run("release", "v1")
+    assert released.code == 0, released
+    assert project.served_version() == "v1"
+    assert project.images() == ["v1"]
+
+
 def test_zero_downtime_release_and_rollback_fail_no_request(compose_project, tmp_path):
     blue, green = free_port(), free_port()
     nginx = Nginx(tmp_path / "nginx", blue)
