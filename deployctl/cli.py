@@ -9,8 +9,9 @@ from importlib import metadata
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from deployctl import __version__, reading
+from deployctl import __version__, reading, scaffold
 from deployctl import project as projects
 from deployctl import schedule as scheduling
 from deployctl.console import Output, detach_dead_streams, table
@@ -113,6 +114,26 @@ def _also_after_the_command(group: click.Group) -> None:
 def cli(click_ctx, env, project_dir, as_json, yes):
     """Gated, auditable releases: the production checklist as one command."""
     click_ctx.obj = Context(env, project_dir, as_json, yes)
+
+
+@cli.command()
+@click.argument("compose_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", "hosts", multiple=True,
+              help="An app host of the environment, over SSH (repeat it; the first is also the db host). "
+                   "Default: this machine, with the local connection.")
+@click.option("--app-root", help="Where the compose project lives on the hosts (default /srv/<project>; with "
+                                 "no --host, the compose file's directory).")
+@click.pass_obj
+def init(ctx: Context, compose_file, hosts, app_root):
+    """Start a project from COMPOSE_FILE: deployctl.yml and an inventory for the environment (-e, default local).
+
+    Detects the app's image and its services, workers, a Telegram bot, the database and Redis, the health URL
+    and the secrets in the compose environment (written to a vault file to encrypt). The edits the compose
+    file needs are written as compose-edits.patch, never made. Writes into --project-dir (default: here) and
+    refuses, before writing anything, when a file it would write exists (exit 2).
+    """
+    done = scaffold.init(compose_file, ctx.project_dir or Path.cwd(), ctx.env_name, list(hosts), app_root)
+    ctx.output.result(done.as_dict(), text=escape(done.text()))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

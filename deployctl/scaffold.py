@@ -1,0 +1,855 @@
+"""`deployctl init`: a first deployctl project from a Docker Compose file.
+
+`detect()` reads the compose file (and the `.env` beside it, as compose does for `${VAR}`) and sorts its
+services: the app's own image (app services, workers, a Telegram bot, a migration service), the database
+(MariaDB/MySQL or PostgreSQL images), Redis, nginx and the rest. `plan()` turns that into the files of a project
+for one environment — deployctl.yml, the inventory, its variables, a vault file with the secrets found in the
+compose environment — and the edits the compose file needs, as a patch the user applies (the compose file is
+never changed here). `write()` writes the files, refusing before writing anything when one exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from ansible_collections.deployctl.core.plugins.module_utils import envfile
+
+from deployctl.errors import BadInput
+
+ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# the variable names deployctl masks as secret (roles/common: deployctl_secret_values), _FILE ones aside
+SECRET_NAME = re.compile(r"(?i)(pass|secret|token|key|auth|credential|private)")
+NOT_SECRET = re.compile(r"(?i)[0-9.]+|true|false|yes|no|on|off|none|null")
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]+)@")
+VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}"
+                      r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+DATABASE_IMAGES = {"mariadb": "mysql", "mysql": "mysql", "percona": "mysql", "percona-server": "mysql",
+                   "mysql-server": "mysql", "postgres": "postgresql", "postgis": "postgresql",
+                   "timescaledb": "postgresql"}
+REDIS_IMAGES = {"redis", "valkey", "keydb", "redis-stack", "redis-stack-server"}
+PROXY_IMAGES = {"nginx", "traefik", "caddy", "haproxy", "nginx-proxy", "openresty", "envoy"}
+# images that are someone else's service, not the app: left alone
+OTHER_IMAGES = {"memcached", "rabbitmq", "mongo", "elasticsearch", "opensearch", "minio", "adminer", "phpmyadmin",
+                "mailhog", "mailpit", "prometheus", "grafana", "certbot", "pgadmin4", "kafka", "zookeeper",
+                "localstack", "redis-commander", "nats", "clickhouse-server", "sentry", "jaeger", "busybox",
+                "alpine", "watchtower"}
+WORKER_WORDS = re.compile(r"(?i)(worker|queue|jobs?\b|sidekiq|celery|consumer|scheduler|cron|\bbeat\b|horizon"
+                          r"|\brq\b|resque|bull)")
+BOT_WORDS = re.compile(r"(?i)(\bbot(\b|_)|bot\b|telegram)")
+MIGRATE_WORDS = re.compile(r"(?i)migrat")
+WEB_NAMES = ("app", "web", "api", "server", "backend", "frontend", "site")
+
+
+@dataclass
+class Service:
+    name: str
+    kind: str  # app, worker, bot, migrate, database, redis, proxy, other
+    image: str | None  # the reference as compose resolves it (None: built and named by compose)
+    why: str = ""
+
+
+@dataclass
+class Database:
+    service: str
+    engine: str  # mysql or postgresql
+    image: str
+    name: str
+    user: str
+    password_variable: str | None  # the vault variable of the password
+
+
+@dataclass
+class Redis:
+    service: str
+    port: int
+    persistent: bool
+    reachable: bool  # from the host, on 127.0.0.1
+    password_variable: str | None
+
+
+@dataclass
+class Bot:
+    service: str
+    webhook_url: str | None  # None: a polling bot
+    token_variable: str | None
+    secret_token_variable: str | None
+
+
+@dataclass
+class Secret:
+    variable: str  # vault_<name>
+    value: str
+    found: list[str]  # "service KEY"
+
+
+@dataclass
+class Stack:
+    compose_file: Path
+    files: list[str]
+    project: str
+    services: dict[str, Service]
+    image: str  # the app image repository
+    tag_variable: str
+    app_services: list[str]
+    worker_services: list[str]
+    migrate_command: list[str]
+    health_port: int | None
+    health_path: str
+    health_source: str
+    database: Database | None
+    redis: Redis | None
+    bot: Bot | None
+    secrets: list[Secret]
+    patch: str  # unified diff of the compose file's edits, "" when none are needed
+    edited: str  # the compose file's text with those edits
+    env_additions: dict[str, str]  # what the patch adds to the .env beside it: the secrets moved out of the file
+    edits: list[str]  # one line per edit, for people
+    built: bool  # an app service has build:, so `docker compose build` makes the image
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "compose_file": str(self.compose_file), "project": self.project, "image": self.image,
+            "tag_variable": self.tag_variable, "app_services": self.app_services,
+            "worker_services": self.worker_services, "migrate_command": self.migrate_command,
+            "health": {"port": self.health_port, "path": self.health_path, "from": self.health_source},
+            "database": None if self.database is None else {
+                "service": self.database.service, "engine": self.database.engine, "name": self.database.name,
+                "user": self.database.user},
+            "redis": None if self.redis is None else {
+                "service": self.redis.service, "port": self.redis.port, "persistent": self.redis.persistent},
+            "bot": None if self.bot is None else {
+                "service": self.bot.service, "mode": "webhook" if self.bot.webhook_url else "polling"},
+            "services": {s.name: s.kind for s in self.services.values()},
+            "secrets": [{"variable": s.variable, "found": s.found} for s in self.secrets],
+            "edits": self.edits, "notes": self.notes,
+        }
+
+
+# --------------------------------------------------------------------------- reading the compose file
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as compose reads its .env: comments, `export`, quotes."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[key.strip()] = value
+    return values
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR:+alt}, $VAR and $$."""
+
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("braced") or match.group("plain")
+        op, arg = match.group("op") or "", match.group("arg") or ""
+        value = env.get(name)
+        if op in (":-", "-"):
+            return value if value or (op == "-" and value is not None) else interpolate(arg, env)
+        if op in (":+", "+"):
+            return interpolate(arg, env) if value or (op == "+" and value is not None) else ""
+        return value or ""
+
+    return VARIABLE.sub(one, text)
+
+
+def only_variable(text: str) -> str | None:
+    """VAR when `text` is exactly one ${VAR...} or $VAR."""
+    match = VARIABLE.fullmatch(text.strip())
+    return (match.group("braced") or match.group("plain")) if match and match.group(0) != "$$" else None
+
+
+def split_reference(raw: str) -> tuple[str, str | None]:
+    """repository and tag of an image reference as written (variables intact): registry:5000/shop:${TAG}."""
+    masked = VARIABLE.sub(lambda m: "x" * len(m.group(0)), raw)  # colons inside ${...} are not separators
+    colon, slash = masked.rfind(":"), masked.rfind("/")
+    if colon > slash:
+        return raw[:colon], raw[colon + 1:]
+    return raw, None
+
+
+def repository_name(repository: str) -> str:
+    """The image's own name, without registry and namespace: docker.io/library/mariadb -> mariadb."""
+    return repository.rsplit("/", 1)[-1].lower()
+
+
+def _nodes(node: yaml.Node | None, *path: str) -> yaml.Node | None:
+    """The node under the mapping keys `path` (merge keys followed), None when absent."""
+    for key in path:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        found = None
+        for key_node, value_node in node.value:
+            if key_node.value == key:
+                found = value_node
+            elif key_node.tag == "tag:yaml.org,2002:merge" and found is None:
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in merged:
+                    found = found or _nodes(source, key)
+        node = found
+    return node
+
+
+def _key_node(mapping: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(mapping, yaml.MappingNode):
+        for key_node, _value in mapping.value:
+            if key_node.value == key:
+                return key_node
+    return None
+
+
+def _environment(spec: dict, node: yaml.Node | None) -> list[tuple[str, str, yaml.Node | None]]:
+    """(KEY, value as written, node of the value) of a service's environment, mapping or list form."""
+    entries = []
+    environment = spec.get("environment") or {}
+    if isinstance(environment, dict):
+        for key, value in environment.items():
+            entries.append((str(key), "" if value is None else str(value), _nodes(node, "environment", str(key))))
+    elif isinstance(environment, list):
+        list_node = _nodes(node, "environment")
+        items = list_node.value if isinstance(list_node, yaml.SequenceNode) else [None] * len(environment)
+        for item, item_node in zip(environment, items, strict=False):
+            key, _, value = str(item).partition("=")
+            entries.append((key, value, item_node))
+    return entries
+
+
+def _role(name: str, spec: dict) -> tuple[str, str]:
+    """What a service of the app's image does: migrate, bot, worker or app, and why. The name decides first;
+    the command only for a service that serves nothing (`gunicorn --workers 4` is still the app)."""
+    healthcheck = spec.get("healthcheck") or {}
+    serving = (name.lower() in WEB_NAMES or bool(spec.get("ports") or spec.get("expose"))
+               or (bool(healthcheck.get("test")) and not healthcheck.get("disable")))
+    roles = (("migrate", MIGRATE_WORDS), ("bot", BOT_WORDS), ("worker", WORKER_WORDS))
+    for role, words in roles:
+        if words.search(name):
+            return role, f"its name says {role}"
+    if not serving:
+        command = _command_text(spec)
+        for role, words in roles:
+            if words.search(command):
+                return role, f"its command says {role}"
+    return "app", "serves the app"
+
+
+def _command_text(spec: dict) -> str:
+    parts = []
+    for key in ("command", "entrypoint"):
+        value = spec.get(key)
+        if isinstance(value, list):
+            parts.extend(str(v) for v in value)
+        elif value:
+            parts.append(str(value))
+    return " ".join(parts)
+
+
+def _argv(value) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return shlex.split(str(value)) if value else []
+
+
+def _published(spec: dict, env: dict[str, str], container_port: int | None) -> int | None:
+    """The host port that publishes `container_port` (or the first published one, when None)."""
+    for entry in spec.get("ports") or []:
+        if isinstance(entry, dict):
+            target, published = entry.get("target"), entry.get("published")
+        else:
+            text = interpolate(str(entry), env).split("/", 1)[0]
+            parts = text.rsplit(":", 2)
+            target = parts[-1]
+            published = parts[-2] if len(parts) >= 2 else None
+        try:
+            target = int(str(target).split("-")[0])
+            published = int(str(published).split("-")[0]) if published not in (None, "") else None
+        except ValueError:
+            continue
+        if container_port is None or target == container_port:
+            return published
+    return None
+
+
+class _Edits:
+    """Changes to the compose file's text at the exact places its YAML nodes came from."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.changes: dict[tuple[int, int], str] = {}
+        self.lines: list[str] = []
+
+    def replace(self, node: yaml.Node | None, value: str, why: str) -> bool:
+        if node is None or not isinstance(node, yaml.ScalarNode):
+            return False
+        self.changes[(node.start_mark.index, node.end_mark.index)] = json.dumps(value)
+        self.lines.append(why)
+        return True
+
+    def insert_before(self, mapping: yaml.Node | None, key: str, line: str, why: str) -> bool:
+        key_node = _key_node(mapping, key) if mapping is not None else None
+        if key_node is None or mapping.flow_style:
+            return False
+        start = self.text.rfind("\n", 0, key_node.start_mark.index) + 1
+        self.changes[(start, start)] = " " * key_node.start_mark.column + line + "\n"
+        self.lines.append(why)
+        return True
+
+    def edited(self) -> str:
+        edited = self.text
+        for (start, end), replacement in sorted(self.changes.items(), reverse=True):
+            edited = edited[:start] + replacement + edited[end:]
+        return edited
+
+    def patch(self, name: str) -> str:
+        return _unified_diff(self.text.splitlines(True), self.edited().splitlines(True), f"a/{name}", f"b/{name}")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def detect(compose_file: Path) -> Stack:
+    path = compose_file.expanduser()
+    if not path.is_file():
+        raise BadInput(f"no compose file {compose_file}")
+    text = path.read_text(errors="replace")
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise BadInput(f"{compose_file}{f' line {mark.line + 1}' if mark else ''}: not valid YAML") from None
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict) or not services:
+        raise BadInput(f"{compose_file}: not a compose file (no services)")
+    directory = path.resolve().parent
+    env = read_dotenv(directory / ".env")
+    project = re.sub(r"[^-_a-z0-9]", "", str(env.get("COMPOSE_PROJECT_NAME") or data.get("name")
+                                                or directory.name).lower()) or "app"
+    files = [path.name] + [name for name in ("docker-compose.override.yml", "docker-compose.override.yaml",
+                                             "compose.override.yml", "compose.override.yaml")
+                           if path.name in ("docker-compose.yml", "docker-compose.yaml", "compose.yml",
+                                            "compose.yaml") and (directory / name).is_file()][:1]
+    edits = _Edits(text)
+    notes: list[str] = []
+    if len(files) > 1:
+        notes.append(f"{files[1]} is read too (deployctl passes -f for each file, so compose would not add it)")
+
+    def service_env(name: str, spec: dict) -> dict[str, str]:
+        values = dict(env)
+        for entry in spec.get("env_file") or []:
+            entry_path = entry.get("path") if isinstance(entry, dict) else entry
+            values.update(read_dotenv(directory / str(entry_path)))
+        values.update({key: interpolate(value, env) for key, value, _node in _environment(spec, None)})
+        return values
+
+    sorted_services: dict[str, Service] = {}
+    for name, spec in services.items():
+        spec = spec or {}
+        raw = spec.get("image")
+        image = interpolate(str(raw), env) if raw else None
+        own = repository_name(split_reference(image)[0]) if image else ""
+        if own in DATABASE_IMAGES:
+            kind, why = "database", f"{own} image"
+        elif own in REDIS_IMAGES:
+            kind, why = "redis", f"{own} image"
+        elif own in PROXY_IMAGES:
+            kind, why = "proxy", f"{own} image"
+        elif own in OTHER_IMAGES and not spec.get("build"):
+            kind, why = "other", f"{own} image"
+        else:
+            kind, why = "app", "build" if spec.get("build") else "image"
+        sorted_services[str(name)] = Service(str(name), kind, image, why)
+
+    # the app image: the repository most app-image services run (one release is one tag of one image)
+    candidates = [s for s in sorted_services.values() if s.kind == "app"]
+    if not candidates:
+        raise BadInput(f"{compose_file}: no service runs an image of your app (found: "
+                       + ", ".join(f"{s.name} ({s.why})" for s in sorted_services.values()) + ")")
+    repositories = collections.Counter(split_reference(s.image)[0] if s.image else None for s in candidates)
+    web_first = sorted(candidates, key=lambda s: (s.name not in WEB_NAMES, list(sorted_services).index(s.name)))
+    top = max(repositories.values())
+    main = next(split_reference(s.image)[0] if s.image else None for s in web_first
+                if repositories[split_reference(s.image)[0] if s.image else None] == top)
+    repository = main or project
+    for service in candidates:
+        theirs = split_reference(service.image)[0] if service.image else None
+        if theirs != main:
+            service.kind = "other"
+            notes.append(f"{service.name} runs {service.image or 'an image compose builds'}, not {repository}: "
+                         "deployctl releases one image per environment, so it is left alone")
+
+    # the tag variable: the one an app service already uses, else APP_TAG
+    tag_variable = "APP_TAG"
+    for service in candidates:
+        raw = (services[service.name] or {}).get("image")
+        if service.kind == "app" and raw and split_reference(str(raw))[1]:
+            found = only_variable(split_reference(str(raw))[1])
+            if found:
+                tag_variable = found
+                break
+
+    built = False
+    for service in (s for s in candidates if s.kind == "app"):
+        spec = services[service.name] or {}
+        node = _nodes(root, "services", service.name)
+        raw = spec.get("image")
+        built = built or bool(spec.get("build"))
+        if raw is None:
+            line = f"image: {json.dumps(f'{repository}:${{{tag_variable}:-latest}}')}"
+            if not edits.insert_before(node, "build", line, f"{service.name}: add `{line}` (the tag is the version)"):
+                edits.lines.append(f"{service.name}: add `{line}`")
+            continue
+        raw_repository, raw_tag = split_reference(str(raw))
+        if raw_tag is not None and only_variable(raw_tag):
+            continue
+        wanted = f"{raw_repository}:${{{tag_variable}:-{interpolate(raw_tag or 'latest', env)}}}"
+        if not edits.replace(_nodes(node, "image"), wanted, f"{service.name}: image {raw} -> {wanted}"):
+            edits.lines.append(f"{service.name}: image {raw} -> {wanted}")
+
+    # what each app-image service is: the migrations, the bot, workers, the app
+    migrate_command: list[str] = []
+    for service in (s for s in candidates if s.kind == "app"):
+        spec = services[service.name] or {}
+        service.kind, service.why = _role(service.name, spec)
+        if service.kind == "migrate":
+            migrate_command = migrate_command or _argv(spec.get("command"))
+    apps = sorted((s.name for s in candidates if s.kind == "app"),
+                  key=lambda name: (name.lower() not in WEB_NAMES, list(sorted_services).index(name)))
+    if not apps:
+        raise BadInput(f"{compose_file}: every service of {repository} looks like a worker, bot or migration: "
+                       "deployctl needs one that serves the app")
+
+    secrets = _Secrets()
+    database = _database(sorted_services, services, root, service_env, secrets, edits, env)
+    redis = _redis(sorted_services, services, service_env, secrets, env)
+    bot = _bot(sorted_services, services, root, service_env, secrets, edits, env)
+    for name, spec in services.items():
+        for key, value, node in _environment(spec or {}, _nodes(root, "services", str(name))):
+            secrets.from_environment(str(name), key, value, node, edits, env)
+
+    workers = [s.name for s in sorted_services.values() if s.kind == "worker"]
+    app_services = list(apps)
+    if bot is not None:
+        (app_services if bot.webhook_url else workers).append(bot.service)
+    port, path_, source = _health(apps[0], services[apps[0]] or {}, service_env(apps[0], services[apps[0]] or {}),
+                                  env)
+    if port is None:
+        notes.append(f"{apps[0]} has no healthcheck with a URL and publishes no port: releases wait for container "
+                     "health only; set deployctl_compose_http_port and deployctl_compose_health_path")
+    elif source == "published port":
+        notes.append(f"{apps[0]} has no healthcheck: the HTTP check asks {path_} on the published port; a Docker "
+                     "healthcheck and a health endpoint make releases safer")
+    for service in sorted_services.values():
+        if service.kind == "proxy":
+            notes.append(f"{service.name} ({service.why}) stays as it is; for deployctl's maintenance page and "
+                         "zero-downtime releases see the README (Maintenance page, Docker Compose)")
+    if redis is not None and not redis.reachable:
+        notes.append(f"Redis ({redis.service}) publishes no port to the host: no redis check was added")
+    additions = {name: value for name, value in secrets.moved.items() if name not in env}
+    env_patch, unwritable = _dotenv_patch(directory / ".env", additions)
+    for name in unwritable:
+        notes.append(f"{name} cannot be written to .env exactly: add it there by hand (its value is in the vault file)")
+    return Stack(
+        compose_file=path.resolve(), files=files, project=project, services=sorted_services, image=repository,
+        tag_variable=tag_variable, app_services=app_services, worker_services=workers,
+        migrate_command=migrate_command, health_port=port, health_path=path_, health_source=source,
+        database=database, redis=redis, bot=bot, secrets=secrets.found(),
+        patch=edits.patch(path.name) + env_patch if edits.changes else "", edited=edits.edited(),
+        env_additions={k: v for k, v in additions.items() if k not in unwritable}, edits=edits.lines, built=built,
+        notes=notes)
+
+
+def _dotenv_patch(path: Path, additions: dict[str, str]) -> tuple[str, list[str]]:
+    """The part of the patch that gives the compose project's .env the secrets the compose file no longer holds
+    (quoted as deployctl quotes its own .env lines), and the names no quoting carries exactly."""
+    lines, unwritable = [], []
+    for name, value in additions.items():
+        try:
+            lines.append(f"{name}={envfile.quote(name, value)}\n")
+        except envfile.EnvError:
+            unwritable.append(name)
+    if not lines:
+        return "", unwritable
+    existing = path.read_text().splitlines(True) if path.is_file() else []
+    if existing and not existing[-1].endswith("\n"):
+        existing = [*existing[:-1], existing[-1] + "\n"]
+    added = [*existing, "# moved out of the compose file by deployctl init (in the vault file too)\n", *lines]
+    return _unified_diff(path.read_text().splitlines(True) if existing else [], added,
+                         "a/.env" if existing else "/dev/null", "b/.env"), unwritable
+
+
+def _unified_diff(before: list[str], after: list[str], old_name: str, new_name: str) -> str:
+    """difflib's unified diff, with the marker patch(1) needs after a last line without a newline."""
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                   for line in difflib.unified_diff(before, after, old_name, new_name))
+
+
+class _Secrets:
+    """Secret values found in the compose environment, one vault variable per value."""
+
+    def __init__(self):
+        self.by_value: dict[str, Secret] = {}
+        self.moved: dict[str, str] = {}  # NAME -> value: the compose file reads ${NAME} after the edits
+
+    def add(self, name: str, value: str, where: str) -> str:
+        secret = self.by_value.get(value)
+        if secret is None:
+            variable = "vault_" + re.sub(r"[^a-z0-9_]", "_", name.lower())
+            taken = {s.variable for s in self.by_value.values()}
+            base, number = variable, 2
+            while variable in taken:
+                variable, number = f"{base}_{number}", number + 1
+            secret = self.by_value[value] = Secret(variable, value, [])
+        if where not in secret.found:
+            secret.found.append(where)
+        return secret.variable
+
+    def from_environment(self, service: str, key: str, raw: str, node, edits: _Edits, env: dict[str, str]):
+        """A secret value in `KEY: value` (or KEY=value): the value goes to the vault, the compose file reads
+        ${NAME} instead of the literal."""
+        if key.endswith("_FILE") or not raw:
+            return
+        in_list = isinstance(node, yaml.ScalarNode) and node.value.startswith(f"{key}=")
+        credentials = URL_CREDENTIALS.search(raw)
+        if credentials and not only_variable(credentials.group("password")):
+            password = interpolate(credentials.group("password"), env)
+            name = self._name_for(password) or f"{key}_PASSWORD"
+            self.add(name, password, f"{service} {key}")
+            new = raw[:credentials.start("password")] + f"${{{name}}}" + raw[credentials.end("password"):]
+            if edits.replace(node, f"{key}={new}" if in_list else new,
+                             f"{service}: the password in {key} -> ${{{name}}}"):
+                self.moved[name] = password
+            return
+        if not SECRET_NAME.search(key):
+            return
+        value = interpolate(raw, env)
+        if not value or NOT_SECRET.fullmatch(value):
+            return
+        variable = only_variable(raw)
+        name = variable or self._name_for(value) or key
+        self.add(name, value, f"{service} {key}")
+        with_default = bool(variable and VARIABLE.fullmatch(raw.strip()).group("arg"))
+        # a literal, or a default that holds the secret, leaves the file
+        if (variable is None or with_default) and edits.replace(
+                node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}"):
+            self.moved[name] = value
+
+    def _name_for(self, value: str) -> str | None:
+        secret = self.by_value.get(value)
+        return secret.variable.removeprefix("vault_").upper() if secret else None
+
+    def found(self) -> list[Secret]:
+        return list(self.by_value.values())
+
+
+def _database(sorted_services, services, root, service_env, secrets: _Secrets, edits: _Edits, env) -> Database | None:
+    found = [s for s in sorted_services.values() if s.kind == "database"]
+    if not found:
+        return None
+    service = found[0]
+    spec = services[service.name] or {}
+    engine = DATABASE_IMAGES[repository_name(split_reference(service.image)[0])]
+    values = service_env(service.name, spec)
+    raw = {key: (value, node) for key, value, node in _environment(spec, _nodes(root, "services", service.name))}
+
+    def first(*keys: str) -> tuple[str | None, str | None]:
+        for key in keys:
+            if values.get(key):
+                return key, values[key]
+        return None, None
+
+    if engine == "mysql":
+        _k, user = first("MARIADB_USER", "MYSQL_USER")
+        _k, name = first("MARIADB_DATABASE", "MYSQL_DATABASE")
+        password_key, password = (first("MARIADB_PASSWORD", "MYSQL_PASSWORD") if user
+                                  else first("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"))
+        user = user or "root"
+    else:
+        _k, user = first("POSTGRES_USER")
+        user = user or "postgres"
+        _k, name = first("POSTGRES_DB")
+        password_key, password = first("POSTGRES_PASSWORD")
+    variable = None
+    if password:
+        written, node = raw.get(password_key, (None, None))
+        named = only_variable(written) if written else None
+        variable = secrets.add(named or password_key, password, f"{service.name} {password_key}")
+    return Database(service.name, engine, service.image or "", name or user, user, variable)
+
+
+def _redis(sorted_services, services, service_env, secrets: _Secrets, env) -> Redis | None:
+    found = [s for s in sorted_services.values() if s.kind == "redis"]
+    if not found:
+        return None
+    service = found[0]
+    spec = services[service.name] or {}
+    command = _argv(spec.get("command"))
+    port = int(command[command.index("--port") + 1]) if "--port" in command[:-1] else 6379
+    text = " ".join(command)
+    persistent = bool(re.search(r"--appendonly\s+yes", text) or re.search(r"--save\s+\d", text)) or any(
+        str(v).split(":")[1:2] == ["/data"] for v in spec.get("volumes") or [] if isinstance(v, str))
+    published = _published(spec, env, port)
+    reachable = spec.get("network_mode") == "host" or published is not None
+    password = command[command.index("--requirepass") + 1] if "--requirepass" in command[:-1] else (
+        service_env(service.name, spec).get("REDIS_PASSWORD"))
+    variable = secrets.add("REDIS_PASSWORD", password, f"{service.name} requirepass") if password else None
+    return Redis(service.name, published or port, persistent, reachable, variable)
+
+
+def _bot(sorted_services, services, root, service_env, secrets: _Secrets, edits: _Edits, env) -> Bot | None:
+    found = [s for s in sorted_services.values() if s.kind == "bot"]
+    if not found:
+        return None
+    service = found[0]
+    spec = services[service.name] or {}
+    values = service_env(service.name, spec)
+    webhook = next((values[k] for k in values if re.search(r"(?i)webhook.*url|webhook$", k) and values[k]), None)
+    token_key = next((k for k in values if re.search(r"(?i)token", k) and not re.search(r"(?i)secret", k)
+                      and values[k]), None)
+    secret_key = next((k for k in values if re.search(r"(?i)webhook.*secret|secret.*token", k) and values[k]), None)
+    raw = {key: value for key, value, _node in _environment(spec, None)}
+
+    def vault(key: str | None) -> str | None:
+        if key is None:
+            return None
+        named = only_variable(raw.get(key, "")) if key in raw else None
+        return secrets.add(named or key, values[key], f"{service.name} {key}")
+
+    return Bot(service.name, webhook, vault(token_key), vault(secret_key))
+
+
+def _health(name: str, spec: dict, values: dict[str, str], env: dict[str, str]) -> tuple[int | None, str, str]:
+    """(host port, path, where it came from) of the app's HTTP check."""
+    test = (spec.get("healthcheck") or {}).get("test")
+    # compose's interpolation first (.env), then the shell's in the container ($$PORT: its own environment)
+    text = interpolate(interpolate(" ".join(map(str, test)) if isinstance(test, list) else str(test or ""), env),
+                       values)
+    match = re.search(r"https?://(?P<host>[^/:\s'\"]+)(?::(?P<port>\d+))?(?P<path>/[^\s'\"]*)?", text)
+    host_network = spec.get("network_mode") == "host"
+    if match:
+        container_port = int(match.group("port") or (443 if text[match.start():].startswith("https") else 80))
+        port = container_port if host_network else _published(spec, env, container_port)
+        if port is not None:
+            return port, match.group("path") or "/", "healthcheck"
+    published = _published(spec, env, None)
+    if published is not None:
+        return published, "/", "published port"
+    return None, "", "none"
+
+
+# --------------------------------------------------------------------------- the project's files
+
+
+@dataclass
+class Scaffold:
+    root: Path
+    environment: str
+    files: dict[str, str]  # path relative to root -> content
+    private: set[str]  # files written with mode 0600
+    stack: Stack
+    next_steps: list[str]
+
+    def shown_patch(self) -> str:
+        """The patch as printed: the secrets the compose file held are masked (the file has them, 0600)."""
+        shown = self.stack.patch
+        for secret in sorted(self.stack.secrets, key=lambda s: -len(s.value)):
+            shown = shown.replace(secret.value, "********")
+        return shown
+
+    def as_dict(self) -> dict:
+        return {"files": sorted(self.files), "environment": self.environment, "detected": self.stack.summary(),
+                "compose_patch": self.shown_patch() or None, "next": self.next_steps}
+
+    def text(self) -> str:
+        stack = self.stack
+        lines = [f"wrote {', '.join(sorted(self.files))}", "", "found in " + str(stack.compose_file) + ":"]
+        for service in stack.services.values():
+            lines.append(f"  {service.name:<16} {service.kind:<9} {service.why}")
+        lines.append(f"  image {stack.image}, tag from ${{{stack.tag_variable}}}; HTTP check: "
+                     + (f"127.0.0.1:{stack.health_port}{stack.health_path} ({stack.health_source})"
+                        if stack.health_port else "none"))
+        if stack.secrets:
+            lines.append(f"  secrets (to the vault file): {', '.join(s.variable for s in stack.secrets)}")
+        lines.extend(f"  note: {note}" for note in stack.notes)
+        if stack.edits:
+            lines += ["", "the compose file needs these edits (not made: see compose-edits.patch):"]
+            lines += [f"  {edit}" for edit in stack.edits]
+            if stack.patch:
+                lines += ["", self.shown_patch().rstrip("\n")]
+        lines += ["", "next:"] + [f"  {step}" for step in self.next_steps]
+        return "\n".join(lines)
+
+
+def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root: str | None) -> Scaffold:
+    if not ENV_NAME.fullmatch(environment):
+        raise BadInput(f"invalid environment name {environment!r}: letters, digits, - and _")
+    local = not hosts
+    compose_dir = str(stack.compose_file.parent) if local else (app_root or f"/srv/{stack.project}")
+    inventory = f"inventory/{environment}"
+    files: dict[str, str] = {}
+    private: set[str] = set()
+
+    project = {"app": stack.project, "environments": {environment: {
+        "inventory": inventory, **({"production": True} if environment == "production" else {}),
+        "backup": stack.database is not None}}}
+    files["deployctl.yml"] = (
+        f"# deployctl project, from {stack.compose_file.name} by `deployctl init` (see the README)\n"
+        + yaml.safe_dump(project, sort_keys=False))
+    if local:
+        group = {"hosts": {"localhost": None}}
+        hosts_vars = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+    else:
+        group = {"hosts": {host: None for host in hosts}}
+        hosts_vars = {}
+    inventory_data = {"all": {"children": {"app": group, "db": {"hosts": {(hosts or ["localhost"])[0]: None}}},
+                              **({"vars": hosts_vars} if hosts_vars else {})}}
+    files[f"{inventory}/hosts.yml"] = yaml.safe_dump(inventory_data, sort_keys=False)
+    files[f"{inventory}/group_vars/all/deployctl.yml"] = _variables(stack, compose_dir, local, hosts)
+    if stack.secrets:
+        vault = f"{inventory}/group_vars/all/vault.yml"
+        body = "".join(f"# {', '.join(s.found)}\n{yaml.safe_dump({s.variable: s.value}, width=1000)}"
+                       for s in stack.secrets)
+        files[vault] = ("# Secrets found in the compose environment. Encrypt this file before it goes anywhere:\n"
+                        f"#   ansible-vault encrypt {vault}\n" + body)
+        private.add(vault)
+    if stack.patch:
+        files["compose-edits.patch"] = stack.patch
+        private.add("compose-edits.patch")  # its lines taken out hold the secrets moved to the vault
+
+    compose_path = os.path.relpath(stack.compose_file, root)
+    steps = []
+    if stack.patch:
+        directory = os.path.relpath(stack.compose_file.parent, root)
+        steps.append(f"patch -p1 -d {directory} < compose-edits.patch && rm compose-edits.patch      # the edits above")
+    elif stack.edits:
+        steps.append(f"edit {compose_path} as listed above")
+    if not local:
+        steps.append(f"copy {', '.join(stack.files)} (and its .env) to {compose_dir} on every host")
+    if stack.secrets:
+        vault = f"{inventory}/group_vars/all/vault.yml"
+        steps += ["(umask 077; openssl rand -base64 32 > .vault_pass)      # keep it out of git",
+                  "printf '[defaults]\\nvault_password_file = .vault_pass\\n' >> ansible.cfg",
+                  f"ansible-vault encrypt {vault}"]
+    if stack.built:
+        steps.append(f"{stack.tag_variable}=v1 docker compose -f {compose_path} build      # {stack.image}:v1")
+    else:
+        steps.append(f"build or tag {stack.image}:v1 on this machine")
+    env_option = "" if environment == "local" else f"-e {environment} "
+    steps.append(f"deployctl {env_option}release v1")
+    return Scaffold(root, environment, files, private, stack, steps)
+
+
+def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) -> str:
+    def line(key: str, value, comment: str = "") -> str:
+        dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
+        return f"{key}: {dumped}" + (f"  # {comment}" if comment else "") + "\n"
+
+    pulled = "." in stack.image.split("/", 1)[0] and "/" in stack.image
+    source = "local" if local else ("pull" if pulled else "ship")
+    out = ["# Written by `deployctl init` from " + str(stack.compose_file) + "; every deployctl_ variable is in\n"
+           "# the roles' meta/argument_specs.yml (README: Docker Compose).\n",
+           line("deployctl_strategy", "compose"),
+           line("deployctl_app_root", compose_dir, "deployctl's record and lock: <app_root>/.deployctl"),
+           line("deployctl_compose_dir", compose_dir, "the compose files and their .env on the hosts"),
+           line("deployctl_compose_files", stack.files),
+           line("deployctl_compose_project", stack.project),
+           line("deployctl_compose_image", stack.image),
+           line("deployctl_compose_image_variable", stack.tag_variable, "deployctl owns this line of .env"),
+           line("deployctl_compose_image_source", source,
+                "already on this machine" if local else ("from its registry" if pulled
+                                                         else "from this machine's Docker engine, no registry")),
+           line("deployctl_compose_app_services", stack.app_services),
+           line("deployctl_compose_worker_services", stack.worker_services,
+                "stopped while maintenance is on" + (" (the bot polls: a worker)"
+                                                     if stack.bot and not stack.bot.webhook_url else ""))]
+    if stack.health_port is not None:
+        out += [line("deployctl_compose_http_port", stack.health_port, stack.health_source),
+                line("deployctl_compose_health_path", stack.health_path)]
+    else:
+        out.append(line("deployctl_compose_health_path", "", "no HTTP check: container health only"))
+    if stack.migrate_command:
+        out.append(line("deployctl_compose_migrate_command", stack.migrate_command,
+                        "a one-off container of the new image, before the switch"))
+    else:
+        out.append(line("deployctl_compose_migrate_command", [],
+                        "e.g. [npm, run, migrate]: a one-off container of the new image"))
+    if stack.database is not None:
+        db = stack.database
+        value = {"engine": db.engine, "service": db.service, "name": db.name, "user": db.user}
+        if db.password_variable:
+            value["password"] = f"{{{{ {db.password_variable} }}}}"
+        out.append(line("deployctl_database", value, f"{db.image} in the compose service {db.service}"))
+    if stack.redis is not None:
+        redis = {"role": "data" if stack.redis.persistent else "cache", "service": stack.redis.service}
+        if stack.redis.password_variable:
+            redis["password"] = f"{{{{ {stack.redis.password_variable} }}}}"
+        out.append(line("deployctl_redis", redis, "persistence on: backed up with the database"
+                        if stack.redis.persistent else "no persistence: a cache, left alone"))
+    if stack.bot is not None and stack.bot.webhook_url and stack.bot.token_variable:
+        bot = {"token": f"{{{{ {stack.bot.token_variable} }}}}", "webhook_url": stack.bot.webhook_url}
+        if stack.bot.secret_token_variable:
+            bot["secret_token"] = f"{{{{ {stack.bot.secret_token_variable} }}}}"
+        out.append(line("deployctl_telegram_bot", bot, f"the webhook bot {stack.bot.service}: paused in maintenance"))
+    checks = []
+    if stack.health_port is not None:
+        checks.append({"name": "health", "type": "http",
+                       "url": f"http://127.0.0.1:{stack.health_port}{stack.health_path}"})
+    if stack.redis is not None and stack.redis.reachable:
+        check = {"name": "redis", "type": "redis", "host": "127.0.0.1", "port": stack.redis.port}
+        if stack.redis.password_variable:
+            check["password"] = f"{{{{ {stack.redis.password_variable} }}}}"
+        checks.append(check)
+    if stack.bot is not None and stack.bot.token_variable:
+        check = {"name": "bot", "type": "telegram", "token": f"{{{{ {stack.bot.token_variable} }}}}"}
+        if stack.bot.webhook_url:
+            check["webhook_url"] = stack.bot.webhook_url
+        checks.append(check)
+    out.append("deployctl_verify_checks:\n" + "".join(
+        f"  - {yaml.safe_dump(check, default_flow_style=True, sort_keys=False, width=1000).strip()}\n"
+        for check in checks) if checks else line("deployctl_verify_checks", []))
+    return "".join(out)
+
+
+def write(scaffold: Scaffold) -> list[str]:
+    """Write every file, or none: an existing one is refused (exit 2) before anything is written."""
+    existing = [name for name in sorted(scaffold.files) if (scaffold.root / name).exists()]
+    if existing:
+        raise BadInput(f"deployctl init writes no file that exists already: {', '.join(existing)} "
+                       f"(in {scaffold.root})")
+    for name, content in scaffold.files.items():
+        target = scaffold.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o600 if name in scaffold.private else 0o644
+        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(handle, "w") as stream:
+            stream.write(content)
+    return sorted(scaffold.files)
+
+
+def init(compose_file: Path, root: Path, environment: str, hosts: list[str] | None = None,
+         app_root: str | None = None) -> Scaffold:
+    scaffold = plan(detect(compose_file), root.resolve(), environment, list(hosts or []), app_root)
+    write(scaffold)
+    return scaffold

@@ -1,0 +1,383 @@
+"""`deployctl init`'s detection on compose files of different shapes, and the project it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployctl import scaffold
+from deployctl.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[2]
+
+# the stack of the checklist: app on 3000, worker, a polling Telegram bot, MySQL, Redis with persistence, nginx;
+# every service of the app built from the project, secrets written straight into the file
+CHECKLIST_STACK = """\
+services:
+  app:
+    build: .
+    container_name: appointment-scheduler-app
+    ports: ["3000:3000"]
+    environment:
+      NODE_ENV: production
+      DATABASE_URL: mysql://scheduler:s3cret-db@mysql:3306/scheduler
+      REDIS_URL: redis://redis:6379
+      TELEGRAM_BOT_TOKEN: "123456:ABC-token"
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost:3000/health"]
+      interval: 10s
+    depends_on: [mysql, redis]
+  worker:
+    build: .
+    command: npm run worker
+    environment:
+      DATABASE_URL: mysql://scheduler:s3cret-db@mysql:3306/scheduler
+  bot:
+    build: .
+    command: ["node", "bot.js"]
+    environment:
+      TELEGRAM_BOT_TOKEN: "123456:ABC-token"
+  mysql:
+    image: mysql:8.0
+    environment:
+      MYSQL_ROOT_PASSWORD: r00t-pw
+      MYSQL_DATABASE: scheduler
+      MYSQL_USER: scheduler
+      MYSQL_PASSWORD: s3cret-db
+    volumes: [mysql-data:/var/lib/mysql]
+  redis:
+    image: redis:7-alpine
+    command: redis-server --appendonly yes
+    ports: ["127.0.0.1:6379:6379"]
+  nginx:
+    image: nginx:alpine
+    ports: ["80:80", "443:443"]
+volumes:
+  mysql-data:
+"""
+
+# Django-style: a registry image with its own tag variable in an extension field merged into each service,
+# list-form environment, values from .env, a celery worker known by its command, a migration service, a
+# webhook bot, PostgreSQL with a password default in the file, a cache-only Redis
+REGISTRY_STACK = """\
+x-app: &app
+  image: registry.example.com/acme/shop:${SHOP_TAG:-latest}
+  environment:
+    - DJANGO_SETTINGS_MODULE=shop.settings
+    - DATABASE_URL=postgres://shop:${POSTGRES_PASSWORD}@db/shop
+services:
+  web:
+    <<: *app
+    command: gunicorn --workers 4 shop.wsgi
+    ports: ["8000:8000"]
+  celery:
+    <<: *app
+    command: celery -A shop worker
+  migrate:
+    <<: *app
+    command: ["python", "manage.py", "migrate"]
+    profiles: [tools]
+  telegram:
+    <<: *app
+    command: python -m shop.bot
+    ports: ["8443:8443"]
+    environment:
+      - TELEGRAM_TOKEN=${TELEGRAM_TOKEN}
+      - TELEGRAM_WEBHOOK_URL=https://shop.example.com/tg
+  db:
+    image: postgres:16
+    environment:
+      POSTGRES_USER: shop
+      POSTGRES_DB: shop
+      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:-changeme}
+  cache:
+    image: redis:7
+"""
+
+# someone else's app (Gitea's own example): a third-party image released by its tag, list environment
+FOREIGN_STACK = """\
+version: "3"
+networks:
+  gitea:
+    external: false
+services:
+  server:
+    image: gitea/gitea:1.21.4
+    container_name: gitea
+    environment:
+      - USER_UID=1000
+      - GITEA__database__DB_TYPE=postgres
+      - GITEA__database__HOST=db:5432
+      - GITEA__database__NAME=gitea
+      - GITEA__database__USER=gitea
+      - GITEA__database__PASSWD=gitea
+    restart: always
+    networks: [gitea]
+    volumes: [./gitea:/data]
+    ports: ["3000:3000", "222:22"]
+    depends_on: [db]
+  db:
+    image: postgres:14
+    restart: always
+    environment:
+      - POSTGRES_USER=gitea
+      - POSTGRES_PASSWORD=gitea
+      - POSTGRES_DB=gitea
+    networks: [gitea]
+"""
+
+
+def stack(tmp_path: Path, text: str, env: str = "", name: str = "scheduler") -> Path:
+    directory = tmp_path / name
+    directory.mkdir(parents=True)
+    (directory / "docker-compose.yml").write_text(text)
+    if env:
+        (directory / ".env").write_text(env)
+    return directory / "docker-compose.yml"
+
+
+def environments(text: str, env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each service's environment as compose would hand it to the container."""
+    services = yaml.safe_load(text)["services"]
+    found = {}
+    for name, spec in services.items():
+        raw = spec.get("environment") or {}
+        pairs = raw.items() if isinstance(raw, dict) else (item.split("=", 1) for item in raw)
+        found[name] = {key: scaffold.interpolate(str(value), env) for key, value in pairs}
+    return found
+
+
+def test_the_checklist_stack(tmp_path):
+    found = scaffold.detect(stack(tmp_path, CHECKLIST_STACK))
+    kinds = {name: service.kind for name, service in found.services.items()}
+    assert kinds == {"app": "app", "worker": "worker", "bot": "bot", "mysql": "database", "redis": "redis",
+                     "nginx": "proxy"}
+    assert (found.project, found.image, found.tag_variable) == ("scheduler", "scheduler", "APP_TAG")
+    assert found.app_services == ["app"]
+    assert found.worker_services == ["worker", "bot"], "a polling bot stops and starts with the workers"
+    assert found.bot.webhook_url is None and found.bot.token_variable == "vault_telegram_bot_token"
+    assert (found.health_port, found.health_path, found.health_source) == (3000, "/health", "healthcheck")
+    db = found.database
+    assert (db.service, db.engine, db.name, db.user, db.password_variable) == (
+        "mysql", "mysql", "scheduler", "scheduler", "vault_mysql_password")
+    assert (found.redis.service, found.redis.port, found.redis.persistent, found.redis.reachable) == (
+        "redis", 6379, True, True)
+    assert {s.variable: s.value for s in found.secrets} == {
+        "vault_mysql_password": "s3cret-db", "vault_telegram_bot_token": "123456:ABC-token",
+        "vault_mysql_root_password": "r00t-pw"}
+    assert sorted(next(s for s in found.secrets if s.value == "s3cret-db").found) == [
+        "app DATABASE_URL", "mysql MYSQL_PASSWORD", "worker DATABASE_URL"]
+    assert found.built and found.migrate_command == []
+    assert any("nginx" in note for note in found.notes)
+
+    # the edits: each service of the app gets the image with the tag variable, each secret becomes ${VAR}
+    edited = yaml.safe_load(found.edited)["services"]
+    assert {edited[s]["image"] for s in ("app", "worker", "bot")} == {"scheduler:${APP_TAG:-latest}"}
+    assert edited["app"]["environment"]["DATABASE_URL"] == "mysql://scheduler:${MYSQL_PASSWORD}@mysql:3306/scheduler"
+    assert edited["mysql"]["environment"]["MYSQL_ROOT_PASSWORD"] == "${MYSQL_ROOT_PASSWORD}"
+    assert "s3cret-db" not in found.edited and "r00t-pw" not in found.edited and "ABC-token" not in found.edited
+
+
+def test_a_registry_image_with_its_own_tag_variable_merged_from_an_extension_field(tmp_path):
+    compose = stack(tmp_path, REGISTRY_STACK, "COMPOSE_PROJECT_NAME=acme\nPOSTGRES_PASSWORD=pg-secret\n"
+                                              "TELEGRAM_TOKEN='999:tok'\n")
+    found = scaffold.detect(compose)
+    assert (found.project, found.image, found.tag_variable) == ("acme", "registry.example.com/acme/shop", "SHOP_TAG")
+    assert {name: s.kind for name, s in found.services.items()} == {
+        "web": "app", "celery": "worker", "migrate": "migrate", "telegram": "bot", "db": "database",
+        "cache": "redis"}
+    assert found.app_services == ["web", "telegram"], "a webhook bot serves: it is health-gated like the app"
+    assert found.worker_services == ["celery"]
+    assert found.migrate_command == ["python", "manage.py", "migrate"]
+    assert found.bot.webhook_url == "https://shop.example.com/tg"
+    assert (found.database.engine, found.database.name, found.database.user) == ("postgresql", "shop", "shop")
+    assert found.database.password_variable == "vault_postgres_password"
+    assert {s.variable: s.value for s in found.secrets} == {"vault_postgres_password": "pg-secret",
+                                                            "vault_telegram_token": "999:tok"}
+    assert (found.redis.persistent, found.redis.reachable) == (False, False)
+    assert (found.health_port, found.health_path, found.health_source) == (8000, "/", "published port")
+    # the image already has the tag variable; only the password's default leaves the file
+    assert found.edits == ["db: POSTGRES_PASSWORD -> ${POSTGRES_PASSWORD}"]
+    assert yaml.safe_load(found.edited)["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD}"
+
+    project = scaffold.plan(found, tmp_path, "production", ["web1.example.com", "web2.example.com"], None)
+    variables = yaml.safe_load(project.files["inventory/production/group_vars/all/deployctl.yml"])
+    assert variables["deployctl_compose_image_source"] == "pull", "a registry's image is pulled"
+    assert variables["deployctl_compose_dir"] == "/srv/acme"
+    assert variables["deployctl_telegram_bot"] == {"token": "{{ vault_telegram_token }}",
+                                                   "webhook_url": "https://shop.example.com/tg"}
+    assert variables["deployctl_database"] == {"engine": "postgresql", "service": "db", "name": "shop",
+                                               "user": "shop", "password": "{{ vault_postgres_password }}"}
+    assert [c["type"] for c in variables["deployctl_verify_checks"]] == ["http", "telegram"]
+    assert variables["deployctl_redis"] == {"role": "cache", "service": "cache"}
+    hosts = yaml.safe_load(project.files["inventory/production/hosts.yml"])["all"]["children"]
+    assert list(hosts["app"]["hosts"]) == ["web1.example.com", "web2.example.com"]
+    assert list(hosts["db"]["hosts"]) == ["web1.example.com"]
+    config = yaml.safe_load(project.files["deployctl.yml"])
+    assert config == {"app": "acme", "environments": {"production": {
+        "inventory": "inventory/production", "production": True, "backup": True}}}
+    assert "deployctl -e production release v1" in project.next_steps
+    assert any(step.startswith("copy docker-compose.yml") for step in project.next_steps)
+
+
+def test_the_demo_compose_file(tmp_path):
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    shutil.copy2(REPO / "demo" / "compose" / "docker-compose.yml", directory)
+    (directory / ".env").write_text("APP_IMAGE=demo-shop\nAPP_PORT=18444\n")
+    found = scaffold.detect(directory / "docker-compose.yml")
+    assert (found.image, found.tag_variable, found.app_services, found.worker_services) == (
+        "demo-shop", "APP_TAG", ["app"], ["worker"])
+    assert (found.health_port, found.health_path) == (18444, "/health"), "host networking: the port as is"
+    assert found.database is None and found.redis is None and found.bot is None
+    assert found.edits == [] and found.patch == "" and found.secrets == []
+
+    project = scaffold.plan(found, tmp_path / "project", "local", [], None)
+    assert sorted(project.files) == ["deployctl.yml", "inventory/local/group_vars/all/deployctl.yml",
+                                     "inventory/local/hosts.yml"]
+    variables = yaml.safe_load(project.files["inventory/local/group_vars/all/deployctl.yml"])
+    assert variables["deployctl_compose_dir"] == variables["deployctl_app_root"] == str(directory)
+    assert variables["deployctl_compose_image_source"] == "local"
+    assert variables["deployctl_verify_checks"] == [
+        {"name": "health", "type": "http", "url": "http://127.0.0.1:18444/health"}]
+    assert yaml.safe_load(project.files["deployctl.yml"])["environments"]["local"]["backup"] is False
+
+
+def test_a_foreign_app_released_by_the_tag_of_its_own_image(tmp_path):
+    found = scaffold.detect(stack(tmp_path, FOREIGN_STACK, name="gitea"))
+    assert (found.image, found.app_services, found.worker_services) == ("gitea/gitea", ["server"], [])
+    assert found.database.engine == "postgresql" and found.database.name == "gitea"
+    assert found.edits[0] == "server: image gitea/gitea:1.21.4 -> gitea/gitea:${APP_TAG:-1.21.4}"
+    assert [s.variable for s in found.secrets] == ["vault_postgres_password"], "one value, one vault variable"
+    edited = yaml.safe_load(found.edited)["services"]
+    assert "GITEA__database__PASSWD=${POSTGRES_PASSWORD}" in edited["server"]["environment"]
+    assert "POSTGRES_PASSWORD=${POSTGRES_PASSWORD}" in edited["db"]["environment"]
+    assert "USER_UID=1000" in edited["server"]["environment"]
+    assert (found.health_port, found.health_path) == (3000, "/")
+
+    project = scaffold.plan(found, tmp_path / "project", "staging", ["git.example.com"], "/opt/gitea")
+    variables = yaml.safe_load(project.files["inventory/staging/group_vars/all/deployctl.yml"])
+    assert variables["deployctl_compose_image_source"] == "ship", "no registry of ours: shipped from here"
+    assert variables["deployctl_app_root"] == "/opt/gitea"
+
+
+@pytest.mark.parametrize("dotenv", [None, "COMPOSE_PROJECT_NAME=scheduler\nPORT=3000"])
+def test_the_patch_moves_the_secrets_into_the_env_file_and_every_container_sees_the_same(tmp_path, dotenv):
+    compose = stack(tmp_path, CHECKLIST_STACK, dotenv or "")
+    found = scaffold.detect(compose)
+    assert found.env_additions == {"MYSQL_PASSWORD": "s3cret-db", "TELEGRAM_BOT_TOKEN": "123456:ABC-token",
+                                   "MYSQL_ROOT_PASSWORD": "r00t-pw"}
+    patch = tmp_path / "compose-edits.patch"
+    patch.write_text(found.patch)
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    applied = subprocess.run(["patch", "-p1", "-d", str(compose.parent), "-i", str(patch)], capture_output=True,
+                             text=True)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert compose.read_text() == found.edited
+    dotenv_after = scaffold.read_dotenv(compose.parent / ".env")
+    assert dotenv_after == {**scaffold.read_dotenv(tmp_path / "none"), **({"COMPOSE_PROJECT_NAME": "scheduler",
+                                                                             "PORT": "3000"} if dotenv else {}),
+                            **found.env_additions}
+    assert environments(compose.read_text(), dotenv_after) == environments(CHECKLIST_STACK, {})
+    assert "s3cret-db" not in compose.read_text()
+
+
+def test_edits_that_cannot_be_made_in_place_are_described(tmp_path):
+    found = scaffold.detect(stack(tmp_path, "services:\n  web: {build: ., ports: ['8080:80']}\n"
+                                            "  jobs:\n    build: .\n    command: bin/jobs\n"))
+    assert found.app_services == ["web"] and found.worker_services == ["jobs"]
+    assert 'web: add `image: "scheduler:${APP_TAG:-latest}"`' in found.edits, "a flow mapping is not patched"
+    assert yaml.safe_load(found.edited)["services"]["jobs"]["image"] == "scheduler:${APP_TAG:-latest}"
+    assert "image" not in yaml.safe_load(found.edited)["services"]["web"]
+
+
+def test_names_decide_before_commands(tmp_path):
+    found = scaffold.detect(stack(tmp_path, """\
+services:
+  api:
+    image: shop:1
+    command: gunicorn --workers 4 --worker-class gevent app
+  start:
+    image: shop:1
+    command: sh -c "bin/migrate && bin/queue-runner"
+"""))
+    assert found.services["api"].kind == "app", "gunicorn's --workers does not make the app a worker"
+    assert found.services["start"].kind == "migrate" and found.migrate_command[:2] == ["sh", "-c"]
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("services:\n  db: {image: 'mariadb:11'}\n  adminer: {image: adminer}\n", "no service runs an image of your app"),
+    ("services: [\n", "not valid YAML"),
+    ("version: '3'\n", "not a compose file"),
+])
+def test_files_init_cannot_use_are_refused(tmp_path, text, error):
+    with pytest.raises(BadInput, match=error):
+        scaffold.detect(stack(tmp_path, text))
+
+
+def deployctl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deployctl", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_init_writes_nothing_over_an_existing_file(tmp_path):
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    project = tmp_path / "project"
+    (project / "inventory" / "local").mkdir(parents=True)
+    (project / "inventory" / "local" / "hosts.yml").write_text("mine\n")
+    refused = deployctl("init", str(compose), cwd=project)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "inventory/local/hosts.yml" in refused.stderr, refused.stderr
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == [
+        "inventory/local/hosts.yml"], "nothing else was written"
+    assert (project / "inventory" / "local" / "hosts.yml").read_text() == "mine\n"
+
+    (project / "inventory" / "local" / "hosts.yml").unlink()
+    made = deployctl("--json", "init", str(compose), cwd=project)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["files"] == [
+        "compose-edits.patch", "deployctl.yml", "inventory/local/group_vars/all/deployctl.yml",
+        "inventory/local/group_vars/all/vault.yml", "inventory/local/hosts.yml"]
+    vault = project / "inventory" / "local" / "group_vars" / "all" / "vault.yml"
+    assert stat.S_IMODE(os.stat(vault).st_mode) == 0o600
+    assert yaml.safe_load(vault.read_text())["vault_mysql_password"] == "s3cret-db"
+    patch = project / "compose-edits.patch"
+    assert patch.read_text().startswith("--- a/docker-compose.yml") and "s3cret-db" in patch.read_text()
+    assert stat.S_IMODE(os.stat(patch).st_mode) == 0o600, "the lines it takes out hold the secrets"
+    written = (project / "inventory/local/group_vars/all/deployctl.yml").read_text()
+    assert "s3cret-db" not in written and "s3cret-db" not in made.stdout
+    variables = yaml.safe_load(written)
+    assert variables["deployctl_database"] == {"engine": "mysql", "service": "mysql", "name": "scheduler",
+                                               "user": "scheduler", "password": "{{ vault_mysql_password }}"}
+    assert variables["deployctl_redis"] == {"role": "data", "service": "redis"}
+    assert variables["deployctl_verify_checks"] == [
+        {"name": "health", "type": "http", "url": "http://127.0.0.1:3000/health"},
+        {"name": "redis", "type": "redis", "host": "127.0.0.1", "port": 6379},
+        {"name": "bot", "type": "telegram", "token": "{{ vault_telegram_bot_token }}"}]
+    assert compose.read_text() == CHECKLIST_STACK, "the compose file is never changed"
+    again = deployctl("--project-dir", str(project), "init", str(compose), cwd=tmp_path)
+    assert again.returncode == 2 and "deployctl.yml" in again.stderr
+
+
+def test_the_text_output_shows_the_edits_and_the_next_commands(tmp_path):
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    (tmp_path / "project").mkdir()
+    made = deployctl("-e", "staging", "init", str(compose), "--host", "app1.example.com", cwd=tmp_path / "project")
+    assert made.returncode == 0, made.stderr
+    out = made.stdout
+    assert "+    image: \"scheduler:${APP_TAG:-latest}\"" in out, "the patch is shown as it is ([...] included)"
+    assert "-      MYSQL_ROOT_PASSWORD: ********" in out and "r00t-pw" not in out, "secrets are not printed"
+    assert "patch -p1 -d ../scheduler < compose-edits.patch && rm compose-edits.patch" in out
+    assert "+MYSQL_PASSWORD=********" in out
+    assert "ansible-vault encrypt inventory/staging/group_vars/all/vault.yml" in out
+    assert "APP_TAG=v1 docker compose -f ../scheduler/docker-compose.yml build" in out
+    assert out.rstrip().endswith("deployctl -e staging release v1")
