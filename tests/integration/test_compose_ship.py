@@ -23,13 +23,14 @@ from demo.compose.build import build_image, remove_images
 from tests.support.dockerd import HostDockerd
 from tests.support.sshhosts import SSHHosts, unavailable_reason
 
+try:
+    import ansible_mitogen
+except ImportError:
+    ansible_mitogen = None
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STRATEGY_PLUGINS = None
-with __import__("contextlib").suppress(ImportError):
-    import ansible_mitogen
-
-    STRATEGY_PLUGINS = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+STRATEGY_PLUGINS = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy" if ansible_mitogen else None
 
 APP_PORT = 18180  # inside the host's own network namespace: nothing else listens there
 
@@ -53,10 +54,9 @@ def host_engine():
         pytest.skip(reason)
     if shutil.which("dockerd") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
         pytest.skip("a running Docker engine and dockerd are needed")
-    with SSHHosts(1, session_environment=HostDockerd.SESSION_ENVIRONMENT) as fleet:
-        with HostDockerd(fleet, "h1") as engine:
-            engine.fleet = fleet
-            yield engine
+    with (SSHHosts(1, session_environment=HostDockerd.SESSION_ENVIRONMENT) as fleet,
+          HostDockerd(fleet, "h1") as engine):
+        yield engine
 
 
 @pytest.fixture
