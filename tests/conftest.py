@@ -37,6 +37,7 @@ SLOW = (
     "tests/molecule/",
     "tests/integration/test_compose.py",
     "tests/integration/test_compose_ship.py::test_a_release_ships_its_image_and_runs_it_on_the_host",
+    "tests/integration/test_init.py",
     "tests/integration/test_many_hosts.py",
     "tests/faults/test_remote.py",
     "tests/faults/test_databases.py",

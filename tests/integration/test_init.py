@@ -1,0 +1,70 @@
+"""`deployctl init` on the demo compose file produces a project that releases it, on the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from demo.compose.build import build_image, remove_images
+from tests.support.project import free_port, http_get
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOYCTL = str(Path(sys.executable).parent / "deployctl")
+
+
+def deployctl(*args: str, cwd: Path) -> tuple[int, dict, str]:
+    proc = subprocess.run([DEPLOYCTL, "--json", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def demo_stack(tmp_path):
+    """The demo compose file in a directory of its own (its name is the compose project's), with a .env."""
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+        pytest.skip("a running Docker engine is needed")
+    name = f"dcinit-{uuid.uuid4().hex[:8]}"
+    stack = tmp_path / name
+    stack.mkdir()
+    shutil.copy2(REPO / "demo" / "compose" / "docker-compose.yml", stack)
+    port = free_port()
+    (stack / ".env").write_text(f"APP_IMAGE={name}\nAPP_PORT={port}\n")
+    yield stack, name, port
+    containers = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={name}").split()
+    if containers:
+        docker("rm", "-f", *containers)
+    docker("network", "rm", f"{name}_default")
+    remove_images(name)
+
+
+def test_init_on_the_demo_compose_file_releases_it(demo_stack, tmp_path):
+    stack, name, port = demo_stack
+    project = tmp_path / "project"
+    project.mkdir()
+    code, made, err = deployctl("init", f"../{name}/docker-compose.yml", cwd=project)
+    assert code == 0, err
+    assert made["detected"]["app_services"] == ["app"] and made["detected"]["worker_services"] == ["worker"]
+    assert made["compose_patch"] is None, "the demo's image already takes its tag from ${APP_TAG}"
+    assert made["next"][-1] == "deployctl release v1"
+    variables = yaml.safe_load((project / "inventory/local/group_vars/all/deployctl.yml").read_text())
+    assert variables["deployctl_compose_http_port"] == port
+
+    build_image("v1", name)
+    code, first, err = deployctl("release", "v1", cwd=project)
+    assert code == 0, (first, err[-3000:])
+    assert http_get(f"http://127.0.0.1:{port}/version") == (200, "v1\n")
+    running = docker("ps", "--filter", f"label=com.docker.compose.project={name}", "--format", "{{.Image}}")
+    assert sorted(running.split()) == [f"{name}:v1", f"{name}:v1"], "app and worker run the tag released"
+    assert "APP_TAG=v1" in (stack / ".env").read_text()
+    code, status, err = deployctl("status", cwd=project)
+    assert code == 0 and status["hosts"]["localhost"]["live"] == "v1", (status, err[-2000:])
