@@ -25,6 +25,7 @@ from ansible_collections.deployctl.core.plugins.module_utils import envfile
 from deployctl.errors import BadInput
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9_.:\[\]-]*$")  # a name, an IPv4 or IPv6 address
 # the variable names deployctl masks as secret (roles/common: deployctl_secret_values), _FILE ones aside
 SECRET_NAME = re.compile(r"(?i)(pass|secret|token|key|auth|credential|private)")
 NOT_SECRET = re.compile(r"(?i)[0-9.]+|true|false|yes|no|on|off|none|null")
@@ -704,6 +705,10 @@ class Scaffold:
 def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root: str | None) -> Scaffold:
     if not ENV_NAME.fullmatch(environment):
         raise BadInput(f"invalid environment name {environment!r}: letters, digits, - and _")
+    for host in hosts:
+        if not HOST_NAME.fullmatch(host):
+            raise BadInput(f"invalid host {host!r}: a host name or address as the inventory names it (set the SSH "
+                           "user as ansible_user or in ansible.cfg, not user@host)")
     local = not hosts
     compose_dir = str(stack.compose_file.parent) if local else (app_root or f"/srv/{stack.project}")
     inventory = f"inventory/{environment}"

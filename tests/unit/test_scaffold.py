@@ -329,6 +329,18 @@ def deployctl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.parametrize(("environment", "hosts", "error"), [
+    ("../evil", [], "invalid environment name"),
+    ("production", ["web1", "deploy@web2"], "invalid host 'deploy@web2'"),
+    ("production", ["a b"], "invalid host 'a b'"),
+    ("production", ["-oProxyCommand=x"], "invalid host"),
+])
+def test_names_init_cannot_use_are_refused(tmp_path, environment, hosts, error):
+    found = scaffold.detect(stack(tmp_path, FOREIGN_STACK))
+    with pytest.raises(BadInput, match=error):
+        scaffold.plan(found, tmp_path / "project", environment, hosts, None)
+
+
 def test_init_writes_nothing_over_an_existing_file(tmp_path):
     compose = stack(tmp_path, CHECKLIST_STACK)
     project = tmp_path / "project"
