@@ -73,16 +73,23 @@ def image(host_engine):
 
 
 def ship(host_engine, tmp_path: Path, image: str, tag: str, *, check: bool = False,
-         strategy: str | None = None) -> tuple[int, dict, str]:
-    """Run the compose role's image step with source ship on h1 (a real ansible-playbook over SSH); the
+         strategy: str | None = None, become: str | None = None, local: bool = False) -> tuple[int, dict, str]:
+    """Run the compose role's image step with source ship on h1 (a real ansible-playbook over SSH; with local,
+    on localhost with the local connection and DOCKER_HOST naming h1's engine in the task's environment); the
     image_ship result as the play registered it, or {} when the task did not finish."""
     inventory = tmp_path / "inventory.json"
     host_engine.fleet.write_inventory(inventory)
     result_file = tmp_path / f"result-{uuid.uuid4().hex[:6]}.json"
     play = [{
-        "name": "Ship", "hosts": "h1", "gather_facts": False,
+        "name": "Ship", "hosts": "localhost" if local else "h1", "gather_facts": False,
+        **({"connection": "local", "environment": {"DOCKER_HOST": host_engine.docker_host}} if local else {}),
+        # su (to root: the same user, or to nobody): the stream's command goes through become, as a deploy
+        # user's `sudo docker` would
+        **({"become": True, "become_method": "su", "become_user": become, "become_flags": "-s /bin/sh"}
+           if become else {}),
         "vars": {"deployctl_app_root": "/srv/stack", "deployctl_compose_image": image,
-                 "deployctl_compose_image_source": "ship", "deployctl_compose_tag": tag},
+                 "deployctl_compose_image_source": "ship", "deployctl_compose_tag": tag,
+                 **({"ansible_python_interpreter": sys.executable} if local else {})},
         "tasks": [
             {"name": "Ship", "deployctl.core.image_ship": {"image": image, "tag": tag}, "register": "shipped"},
             {"name": "The image step of the compose role (ship asks the host once more and changes nothing)",
@@ -97,6 +104,8 @@ def ship(host_engine, tmp_path: Path, image: str, tag: str, *, check: bool = Fal
                ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"))
     if strategy:
         env.update(ANSIBLE_STRATEGY_PLUGINS=str(STRATEGY_PLUGINS), ANSIBLE_STRATEGY=strategy)
+    if become:
+        env.update(ANSIBLE_BECOME_ALLOW_SAME_USER="True")
     proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
                            *(["--check"] if check else [])],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -137,6 +146,15 @@ def test_an_image_is_streamed_over_ssh_only_to_a_host_that_lacks_it_and_checked_
     assert "a tag names one image" in result.get("msg", out), out[-3000:]
     assert host_engine.image_id(f"{image}:v2") == local_id(f"{image}:v1")
 
+    build_image("v3", image)
+    rc, result, out = ship(host_engine, tmp_path, image, "v3", become="nobody")
+    assert rc != 0 and "permission denied" in result.get("msg", out), out[-3000:]
+    assert host_engine.image_id(f"{image}:v3") is None, "docker load ran as nobody, who may not use the engine"
+    rc, result, out = ship(host_engine, tmp_path, image, "v3", become="root")
+    assert rc == 0, out[-3000:]
+    assert result["shipped"] and result["transport"] == "stream", result
+    assert host_engine.image_id(f"{image}:v3") == local_id(f"{image}:v3")
+
     rc, result, out = ship(host_engine, tmp_path, image, "v9")
     assert rc != 0
     assert f"image {image}:v9 is not in the control node's Docker engine, and h1 does not have it" in out, out[-3000:]
@@ -149,6 +167,17 @@ def test_a_connection_that_cannot_stream_gets_the_archive_copied(host_engine, tm
     rc, result, out = ship(host_engine, tmp_path, image, "v1", strategy="mitogen_linear")
     assert rc == 0, out[-3000:]
     assert result["shipped"] and result["transport"] == "copy", result
+    assert host_engine.image_id(f"{image}:v1") == local_id(f"{image}:v1")
+
+
+def test_over_the_local_connection_the_image_is_streamed_into_the_engine_the_task_names(host_engine, tmp_path,
+                                                                                        image):
+    """With the local connection the host's engine is usually the control node's own (nothing to ship); when the
+    task's environment names another one, the image is streamed into a local `docker load` there."""
+    build_image("v1", image)
+    rc, result, out = ship(host_engine, tmp_path, image, "v1", local=True)
+    assert rc == 0, out[-3000:]
+    assert result["shipped"] and result["transport"] == "stream", result
     assert host_engine.image_id(f"{image}:v1") == local_id(f"{image}:v1")
 
 

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 
+from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
@@ -127,7 +128,7 @@ class ActionModule(ActionBase):
         """Whether the task's commands run through become, decided as _low_level_execute_command decides."""
         remote_user, become_user = self._get_remote_user(), self.get_become_option("become_user")
         different = remote_user != become_user or not any((remote_user, become_user))
-        return bool(self._connection.become) and different
+        return bool(self._connection.become) and (C.BECOME_ALLOW_SAME_USER or different)
 
     def _remote_command(self, command):
         """The command as _low_level_execute_command would run it: with become, under the play's shell."""
