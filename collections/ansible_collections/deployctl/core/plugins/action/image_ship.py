@@ -148,7 +148,10 @@ class ActionModule(ActionBase):
             host = connection.get_option("host") or self._play_context.remote_addr
             argv = connection._build_command(connection.get_option("ssh_executable"), "ssh", host, command)
         display.vvv(f"image_ship: streaming {reference} into docker load", host=self._play_context.remote_addr)
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # no terminal: a prompt ssh would need (a passphrase, an unknown host key) fails instead of waiting; the
+        # play's master connection, which Ansible opened already, needs none
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
         output = _Drain(process.stdout), _Drain(process.stderr)
         sent = 0
         try:
