@@ -36,7 +36,7 @@ INTEGRATION_DIRS = {"integration", "faults", "molecule", "support"}
 SLOW = (
     "tests/molecule/",
     "tests/integration/test_compose.py",
-    "tests/integration/test_compose_ship.py::test_a_release_ships_its_image_and_runs_it_on_the_host",
+    "tests/integration/test_compose_ship.py",
     "tests/integration/test_init.py",
     "tests/integration/test_many_hosts.py",
     "tests/faults/test_remote.py",
