@@ -48,6 +48,17 @@ WORKER_WORDS = re.compile(r"(?i)(worker|queue|jobs?\b|sidekiq|celery|consumer|sc
 BOT_WORDS = re.compile(r"(?i)(\bbot(\b|_)|bot\b|telegram)")
 MIGRATE_WORDS = re.compile(r"(?i)migrat")
 WEB_NAMES = ("app", "web", "api", "server", "backend", "frontend", "site")
+# a service of an image that is not the app's, known by its name or command (a database built in-house, say)
+SERVICE_WORDS = (("database", "mysql", re.compile(r"(?i)maria|mysql|percona")),
+                 ("database", "postgresql", re.compile(r"(?i)postgres|postgis|\bpg\b")),
+                 ("redis", None, re.compile(r"(?i)redis|valkey|keydb")),
+                 ("proxy", None, re.compile(r"(?i)nginx|traefik|caddy|haproxy")))
+DATABASE_KEYS = {
+    "name": ("MARIADB_DATABASE", "MYSQL_DATABASE", "POSTGRES_DB", "DB_NAME", "DB_DATABASE", "DATABASE_NAME"),
+    "user": ("MARIADB_USER", "MYSQL_USER", "POSTGRES_USER", "DB_USER", "DB_USERNAME", "DATABASE_USER"),
+    "password": ("MARIADB_PASSWORD", "MYSQL_PASSWORD", "POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD"),
+}
+PORT_KEYS = ("APP_PORT", "PORT", "HTTP_PORT", "SERVER_PORT", "LISTEN_PORT", "WEB_PORT")
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Service:
     kind: str  # app, worker, bot, migrate, database, redis, proxy, other
     image: str | None  # the reference as compose resolves it (None: built and named by compose)
     why: str = ""
+    engine: str | None = None  # a database's: mysql or postgresql
 
 
 @dataclass
@@ -80,9 +92,10 @@ class Redis:
 @dataclass
 class Bot:
     service: str
-    webhook_url: str | None  # None: a polling bot
+    webhook_url: str | None  # the webhook the compose environment names
     token_variable: str | None
     secret_token_variable: str | None
+    webhook: bool  # a webhook bot (a URL, or a *MODE* variable that says webhook), else polling
 
 
 @dataclass
@@ -129,7 +142,7 @@ class Stack:
             "redis": None if self.redis is None else {
                 "service": self.redis.service, "port": self.redis.port, "persistent": self.redis.persistent},
             "bot": None if self.bot is None else {
-                "service": self.bot.service, "mode": "webhook" if self.bot.webhook_url else "polling"},
+                "service": self.bot.service, "mode": "webhook" if self.bot.webhook else "polling"},
             "services": {s.name: s.kind for s in self.services.values()},
             "secrets": [{"variable": s.variable, "found": s.found} for s in self.secrets],
             "edits": self.edits, "notes": self.notes,
@@ -237,22 +250,35 @@ def _environment(spec: dict, node: yaml.Node | None) -> list[tuple[str, str, yam
     return entries
 
 
+def _other_role(name: str, spec: dict) -> tuple[str, str, str | None]:
+    """(kind, why, engine) of a service that does not run the app's image, by its name, then its command."""
+    for text, where in ((name, "name"), (_command_text(spec), "command")):
+        for kind, engine, words in SERVICE_WORDS:
+            if words.search(text):
+                return kind, f"its {where}, {text[:40]}", engine
+    return "other", "another image", None
+
+
 def _role(name: str, spec: dict) -> tuple[str, str]:
     """What a service of the app's image does: migrate, bot, worker or app, and why. The name decides first;
     the command only for a service that serves nothing (`gunicorn --workers 4` is still the app)."""
-    healthcheck = spec.get("healthcheck") or {}
-    serving = (name.lower() in WEB_NAMES or bool(spec.get("ports") or spec.get("expose"))
-               or (bool(healthcheck.get("test")) and not healthcheck.get("disable")))
     roles = (("migrate", MIGRATE_WORDS), ("bot", BOT_WORDS), ("worker", WORKER_WORDS))
     for role, words in roles:
         if words.search(name):
             return role, f"its name says {role}"
-    if not serving:
+    if not _serves(name, spec):
         command = _command_text(spec)
         for role, words in roles:
             if words.search(command):
                 return role, f"its command says {role}"
     return "app", "serves the app"
+
+
+def _serves(name: str, spec: dict) -> bool:
+    """Whether a service answers requests: a web name, a port, or a healthcheck."""
+    healthcheck = spec.get("healthcheck") or {}
+    return (name.lower() in WEB_NAMES or bool(spec.get("ports") or spec.get("expose"))
+            or (bool(healthcheck.get("test")) and not healthcheck.get("disable")))
 
 
 def _command_text(spec: dict) -> str:
@@ -356,12 +382,21 @@ def detect(compose_file: Path) -> Stack:
     if len(files) > 1:
         notes.append(f"{files[1]} is read too (deployctl passes -f for each file, so compose would not add it)")
 
+    secret_files = {str(name): directory / str(spec["file"]) for name, spec in (data.get("secrets") or {}).items()
+                    if isinstance(spec, dict) and spec.get("file")}
+
     def service_env(name: str, spec: dict) -> dict[str, str]:
+        """The container's environment as far as this machine knows it: .env, env_file, environment, and the
+        content of compose secrets a KEY_FILE names (/run/secrets/<name>) as KEY."""
         values = dict(env)
         for entry in spec.get("env_file") or []:
             entry_path = entry.get("path") if isinstance(entry, dict) else entry
             values.update(read_dotenv(directory / str(entry_path)))
         values.update({key: interpolate(value, env) for key, value, _node in _environment(spec, None)})
+        for key, value in list(values.items()):
+            source = secret_files.get(value.removeprefix("/run/secrets/")) if key.endswith("_FILE") else None
+            if source is not None and source.is_file() and key.removesuffix("_FILE") not in values:
+                values[key.removesuffix("_FILE")] = source.read_text(errors="replace").rstrip("\n")
         return values
 
     sorted_services: dict[str, Service] = {}
@@ -370,8 +405,9 @@ def detect(compose_file: Path) -> Stack:
         raw = spec.get("image")
         image = interpolate(str(raw), env) if raw else None
         own = repository_name(split_reference(image)[0]) if image else ""
+        engine = None
         if own in DATABASE_IMAGES:
-            kind, why = "database", f"{own} image"
+            kind, why, engine = "database", f"{own} image", DATABASE_IMAGES[own]
         elif own in REDIS_IMAGES:
             kind, why = "redis", f"{own} image"
         elif own in PROXY_IMAGES:
@@ -380,25 +416,36 @@ def detect(compose_file: Path) -> Stack:
             kind, why = "other", f"{own} image"
         else:
             kind, why = "app", "build" if spec.get("build") else "image"
-        sorted_services[str(name)] = Service(str(name), kind, image, why)
+        sorted_services[str(name)] = Service(str(name), kind, image, why, engine)
 
     # the app image: the repository most app-image services run (one release is one tag of one image)
     candidates = [s for s in sorted_services.values() if s.kind == "app"]
     if not candidates:
         raise BadInput(f"{compose_file}: no service runs an image of your app (found: "
                        + ", ".join(f"{s.name} ({s.why})" for s in sorted_services.values()) + ")")
-    repositories = collections.Counter(split_reference(s.image)[0] if s.image else None for s in candidates)
-    web_first = sorted(candidates, key=lambda s: (s.name not in WEB_NAMES, list(sorted_services).index(s.name)))
-    top = max(repositories.values())
-    main = next(split_reference(s.image)[0] if s.image else None for s in web_first
-                if repositories[split_reference(s.image)[0] if s.image else None] == top)
+    def repository_of(service: Service) -> str | None:
+        return split_reference(service.image)[0] if service.image else None
+
+    def tagged_by_variable(service: Service) -> bool:
+        raw = (services[service.name] or {}).get("image")
+        tag = split_reference(str(raw))[1] if raw else None
+        return bool(tag and only_variable(tag))
+
+    # the app's: the repository whose tag is a variable, else the one most services run, else a web service's
+    scores = collections.defaultdict(lambda: [False, 0, False])
+    for service in candidates:
+        score = scores[repository_of(service)]
+        score[0] = score[0] or tagged_by_variable(service) or bool((services[service.name] or {}).get("build"))
+        score[1] += 1
+        score[2] = score[2] or service.name.lower() in WEB_NAMES
+    main = max(scores, key=lambda repository: tuple(scores[repository]))
     repository = main or project
     for service in candidates:
-        theirs = split_reference(service.image)[0] if service.image else None
-        if theirs != main:
-            service.kind = "other"
-            notes.append(f"{service.name} runs {service.image or 'an image compose builds'}, not {repository}: "
-                         "deployctl releases one image per environment, so it is left alone")
+        if repository_of(service) != main:
+            service.kind, service.why, service.engine = _other_role(service.name, services[service.name] or {})
+            if service.kind == "other":
+                notes.append(f"{service.name} runs {service.image or 'an image compose builds'}, not {repository}: "
+                             "deployctl releases one image per environment, so it is left alone")
 
     # the tag variable: the one an app service already uses, else APP_TAG
     tag_variable = "APP_TAG"
@@ -452,15 +499,23 @@ def detect(compose_file: Path) -> Stack:
     workers = [s.name for s in sorted_services.values() if s.kind == "worker"]
     app_services = list(apps)
     if bot is not None:
-        (app_services if bot.webhook_url else workers).append(bot.service)
+        # one that answers requests (its own webhook) is health-gated like the app; one that polls, or takes the
+        # updates the app's webhook queued, stops with the workers
+        (app_services if _serves(bot.service, services[bot.service] or {}) else workers).append(bot.service)
+        if bot.webhook and not bot.webhook_url:
+            notes.append(f"{bot.service} uses a webhook whose URL the compose file does not give: set "
+                         "deployctl_telegram_bot (written commented out) so that maintenance pauses it")
     port, path_, source = _health(apps[0], services[apps[0]] or {}, service_env(apps[0], services[apps[0]] or {}),
                                   env)
     if port is None:
         notes.append(f"{apps[0]} has no healthcheck with a URL and publishes no port: releases wait for container "
                      "health only; set deployctl_compose_http_port and deployctl_compose_health_path")
-    elif source == "published port":
-        notes.append(f"{apps[0]} has no healthcheck: the HTTP check asks {path_} on the published port; a Docker "
-                     "healthcheck and a health endpoint make releases safer")
+    elif not path_:
+        notes.append(f"{apps[0]}'s healthcheck names no URL: its container health gates releases, verify checks "
+                     f"port {port}; set deployctl_compose_health_path to your health endpoint for an HTTP check")
+    elif source != "healthcheck":
+        notes.append(f"{apps[0]} has no healthcheck: the HTTP check asks {path_} on port {port} ({source}); a "
+                     "Docker healthcheck and a health endpoint make releases safer")
     for service in sorted_services.values():
         if service.kind == "proxy":
             notes.append(f"{service.name} ({service.why}) stays as it is; for deployctl's maintenance page and "
@@ -565,38 +620,32 @@ class _Secrets:
 
 
 def _database(sorted_services, services, root, service_env, secrets: _Secrets, edits: _Edits, env) -> Database | None:
-    found = [s for s in sorted_services.values() if s.kind == "database"]
+    # a service in a compose profile (an alternative, started on demand) only when there is no other
+    found = sorted((s for s in sorted_services.values() if s.kind == "database"),
+                   key=lambda s: bool((services[s.name] or {}).get("profiles")))
     if not found:
         return None
     service = found[0]
     spec = services[service.name] or {}
-    engine = DATABASE_IMAGES[repository_name(split_reference(service.image)[0])]
     values = service_env(service.name, spec)
-    raw = {key: (value, node) for key, value, node in _environment(spec, _nodes(root, "services", service.name))}
+    raw = {key: value for key, value, _node in _environment(spec, None)}
 
-    def first(*keys: str) -> tuple[str | None, str | None]:
-        for key in keys:
-            if values.get(key):
-                return key, values[key]
-        return None, None
+    def first(keys) -> tuple[str | None, str | None]:
+        return next(((key, values[key]) for key in keys if values.get(key)), (None, None))
 
-    if engine == "mysql":
-        _k, user = first("MARIADB_USER", "MYSQL_USER")
-        _k, name = first("MARIADB_DATABASE", "MYSQL_DATABASE")
-        password_key, password = (first("MARIADB_PASSWORD", "MYSQL_PASSWORD") if user
-                                  else first("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"))
-        user = user or "root"
-    else:
-        _k, user = first("POSTGRES_USER")
-        user = user or "postgres"
-        _k, name = first("POSTGRES_DB")
-        password_key, password = first("POSTGRES_PASSWORD")
+    _key, user = first(DATABASE_KEYS["user"])
+    _key, name = first(DATABASE_KEYS["name"])
+    password_key, password = first(DATABASE_KEYS["password"])
+    if service.engine == "mysql" and not user:
+        user = "root"
+        password_key, password = first(("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"))
+    user = user or "postgres"
     variable = None
     if password:
-        written, node = raw.get(password_key, (None, None))
-        named = only_variable(written) if written else None
-        variable = secrets.add(named or password_key, password, f"{service.name} {password_key}")
-    return Database(service.name, engine, service.image or "", name or user, user, variable)
+        named = only_variable(raw[password_key]) if password_key in raw else None
+        where = password_key if password_key in raw else f"{password_key}_FILE"
+        variable = secrets.add(named or password_key, password, f"{service.name} {where}")
+    return Database(service.name, service.engine, service.image or "", name or user, user, variable)
 
 
 def _redis(sorted_services, services, service_env, secrets: _Secrets, env) -> Redis | None:
@@ -606,14 +655,16 @@ def _redis(sorted_services, services, service_env, secrets: _Secrets, env) -> Re
     service = found[0]
     spec = services[service.name] or {}
     command = _argv(spec.get("command"))
-    port = int(command[command.index("--port") + 1]) if "--port" in command[:-1] else 6379
+    values = service_env(service.name, spec)
+    port = int(command[command.index("--port") + 1] if "--port" in command[:-1] else
+               values.get("REDIS_PORT", "") if values.get("REDIS_PORT", "").isdigit() else 6379)
     text = " ".join(command)
     persistent = bool(re.search(r"--appendonly\s+yes", text) or re.search(r"--save\s+\d", text)) or any(
         str(v).split(":")[1:2] == ["/data"] for v in spec.get("volumes") or [] if isinstance(v, str))
     published = _published(spec, env, port)
     reachable = spec.get("network_mode") == "host" or published is not None
     password = command[command.index("--requirepass") + 1] if "--requirepass" in command[:-1] else (
-        service_env(service.name, spec).get("REDIS_PASSWORD"))
+        values.get("REDIS_PASSWORD"))
     variable = secrets.add("REDIS_PASSWORD", password, f"{service.name} requirepass") if password else None
     return Redis(service.name, published or port, persistent, reachable, variable)
 
@@ -624,25 +675,33 @@ def _bot(sorted_services, services, root, service_env, secrets: _Secrets, edits:
         return None
     service = found[0]
     spec = services[service.name] or {}
-    values = service_env(service.name, spec)
-    webhook = next((values[k] for k in values if re.search(r"(?i)webhook.*url|webhook$", k) and values[k]), None)
-    token_key = next((k for k in values if re.search(r"(?i)token", k) and not re.search(r"(?i)secret", k)
-                      and values[k]), None)
-    secret_key = next((k for k in values if re.search(r"(?i)webhook.*secret|secret.*token", k) and values[k]), None)
+    values = {key: value for key, value in service_env(service.name, spec).items()
+              if value and not key.endswith("_FILE")}
+
+    def key_like(pattern: str, unless: str = "^$") -> str | None:
+        return next((k for k in values if re.search(pattern, k, re.I) and not re.search(unless, k, re.I)), None)
+
+    webhook_url = values.get(key_like(r"webhook.*url|webhook$") or "")
+    mode_key = key_like(r"mode")
     raw = {key: value for key, value, _node in _environment(spec, None)}
 
     def vault(key: str | None) -> str | None:
         if key is None:
             return None
-        named = only_variable(raw.get(key, "")) if key in raw else None
-        return secrets.add(named or key, values[key], f"{service.name} {key}")
+        named = only_variable(raw[key]) if key in raw else None
+        return secrets.add(named or key, values[key], f"{service.name} {key if key in raw else key + '_FILE'}")
 
-    return Bot(service.name, webhook, vault(token_key), vault(secret_key))
+    return Bot(service.name, webhook_url, vault(key_like(r"token", r"secret")),
+               vault(key_like(r"webhook.*secret|secret.*token")),
+               bool(webhook_url) or (mode_key is not None and values[mode_key].lower() == "webhook"))
 
 
 def _health(name: str, spec: dict, values: dict[str, str], env: dict[str, str]) -> tuple[int | None, str, str]:
-    """(host port, path, where it came from) of the app's HTTP check."""
-    test = (spec.get("healthcheck") or {}).get("test")
+    """(host port, path, where it came from) of the app's HTTP check; path "" when only the port is known and
+    the container's own healthcheck gates releases."""
+    healthcheck = spec.get("healthcheck") or {}
+    test = healthcheck.get("test")
+    gated = bool(test) and test not in (["NONE"], "NONE") and not healthcheck.get("disable")
     # compose's interpolation first (.env), then the shell's in the container ($$PORT: its own environment)
     text = interpolate(interpolate(" ".join(map(str, test)) if isinstance(test, list) else str(test or ""), env),
                        values)
@@ -653,9 +712,13 @@ def _health(name: str, spec: dict, values: dict[str, str], env: dict[str, str]) 
         port = container_port if host_network else _published(spec, env, container_port)
         if port is not None:
             return port, match.group("path") or "/", "healthcheck"
-    published = _published(spec, env, None)
+    port_key = next((key for key in PORT_KEYS if values.get(key, "").isdigit()), None)
+    path = "" if gated else "/"
+    if host_network and port_key:
+        return int(values[port_key]), path, f"{port_key}, host networking"
+    published = _published(spec, env, int(values[port_key]) if port_key else None) or _published(spec, env, None)
     if published is not None:
-        return published, "/", "published port"
+        return published, path, "published port"
     return None, "", "none"
 
 
@@ -767,7 +830,7 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
 
 def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) -> str:
     def line(key: str, value, comment: str = "") -> str:
-        dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        dumped = yaml.safe_dump(value, default_flow_style=True, width=1000, sort_keys=False).strip()
         dumped = dumped.removesuffix("\n...").removesuffix("...").strip()
         return f"{key}: {dumped}" + (f"  # {comment}" if comment else "") + "\n"
 
@@ -787,11 +850,11 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
                                                          else "from this machine's Docker engine, no registry")),
            line("deployctl_compose_app_services", stack.app_services),
            line("deployctl_compose_worker_services", stack.worker_services,
-                "stopped while maintenance is on" + (" (the bot polls: a worker)"
-                                                     if stack.bot and not stack.bot.webhook_url else ""))]
+                "stopped while maintenance is on")]
     if stack.health_port is not None:
         out += [line("deployctl_compose_http_port", stack.health_port, stack.health_source),
-                line("deployctl_compose_health_path", stack.health_path)]
+                line("deployctl_compose_health_path", stack.health_path,
+                     "" if stack.health_path else "container health only: its healthcheck names no URL")]
     else:
         out.append(line("deployctl_compose_health_path", "", "no HTTP check: container health only"))
     if stack.migrate_command:
@@ -812,15 +875,19 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
             redis["password"] = f"{{{{ {stack.redis.password_variable} }}}}"
         out.append(line("deployctl_redis", redis, "persistence on: backed up with the database"
                         if stack.redis.persistent else "no persistence: a cache, left alone"))
-    if stack.bot is not None and stack.bot.webhook_url and stack.bot.token_variable:
-        bot = {"token": f"{{{{ {stack.bot.token_variable} }}}}", "webhook_url": stack.bot.webhook_url}
+    if stack.bot is not None and stack.bot.webhook and stack.bot.token_variable:
+        bot = {"token": f"{{{{ {stack.bot.token_variable} }}}}",
+               "webhook_url": stack.bot.webhook_url or "https://YOUR.DOMAIN/telegram/webhook"}
         if stack.bot.secret_token_variable:
             bot["secret_token"] = f"{{{{ {stack.bot.secret_token_variable} }}}}"
-        out.append(line("deployctl_telegram_bot", bot, f"the webhook bot {stack.bot.service}: paused in maintenance"))
+        out.append(("" if stack.bot.webhook_url else "# set the webhook's URL, then uncomment:\n# ")
+                   + line("deployctl_telegram_bot", bot, f"the webhook bot {stack.bot.service}: paused in maintenance"))
     checks = []
-    if stack.health_port is not None:
+    if stack.health_port is not None and stack.health_path:
         checks.append({"name": "health", "type": "http",
                        "url": f"http://127.0.0.1:{stack.health_port}{stack.health_path}"})
+    elif stack.health_port is not None:
+        checks.append({"name": "port", "type": "tcp", "host": "127.0.0.1", "port": stack.health_port})
     if stack.redis is not None and stack.redis.reachable:
         check = {"name": "redis", "type": "redis", "host": "127.0.0.1", "port": stack.redis.port}
         if stack.redis.password_variable:
@@ -830,7 +897,8 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
         check = {"name": "bot", "type": "telegram", "token": f"{{{{ {stack.bot.token_variable} }}}}"}
         if stack.bot.webhook_url:
             check["webhook_url"] = stack.bot.webhook_url
-        checks.append(check)
+        if not stack.bot.webhook or stack.bot.webhook_url:  # a webhook bot's check needs its URL
+            checks.append(check)
     out.append("deployctl_verify_checks:\n" + "".join(
         f"  - {yaml.safe_dump(check, default_flow_style=True, sort_keys=False, width=1000).strip()}\n"
         for check in checks) if checks else line("deployctl_verify_checks", []))

@@ -135,6 +135,60 @@ services:
 """
 
 
+# the shape of the checklist's stack built in-house: one data image runs MariaDB, Redis and (in a profile)
+# PostgreSQL, known by their names and commands; host networking with ports from .env; passwords in compose
+# secrets (files), never in the environment; a webhook bot whose URL the file does not give
+IN_HOUSE_STACK = """\
+x-app: &app
+  image: "${APP_IMAGE:-seed-app}:${APP_TAG:-latest}"
+  network_mode: host
+  environment:
+    APP_PORT: "${APP_PORT:-3000}"
+    DB_PASSWORD_FILE: /run/secrets/db_password
+    TELEGRAM_MODE: "${TELEGRAM_MODE:-webhook}"
+    TELEGRAM_TOKEN_FILE: /run/secrets/telegram_token
+  secrets: [db_password, telegram_token]
+services:
+  app:
+    <<: *app
+    command: ["node", "server.js"]
+    healthcheck:
+      test: ["CMD", "node", "healthcheck.js"]
+  worker:
+    <<: *app
+    command: ["node", "worker.js"]
+  bot:
+    <<: *app
+    command: ["node", "bot.js"]
+  db:
+    image: "${DATA_IMAGE:-stack-data}"
+    network_mode: host
+    command: ["stack-mariadb"]
+    environment:
+      DB_NAME: app
+      DB_USER: app
+      DB_PASSWORD_FILE: /run/secrets/db_password
+    secrets: [db_password]
+  postgres:
+    image: "${DATA_IMAGE:-stack-data}"
+    profiles: [postgres]
+    command: ["stack-postgres"]
+  kv:
+    image: "${DATA_IMAGE:-stack-data}"
+    network_mode: host
+    command: ["stack-redis"]
+    environment:
+      REDIS_PORT: "${REDIS_PORT:-6379}"
+    volumes:
+      - ./data/redis:/data
+secrets:
+  db_password:
+    file: ./secrets/db_password
+  telegram_token:
+    file: ./secrets/telegram_token
+"""
+
+
 def stack(tmp_path: Path, text: str, env: str = "", name: str = "scheduler") -> Path:
     directory = tmp_path / name
     directory.mkdir(parents=True)
@@ -226,6 +280,37 @@ def test_a_registry_image_with_its_own_tag_variable_merged_from_an_extension_fie
         "inventory": "inventory/production", "production": True, "backup": True}}}
     assert "deployctl -e production release v1" in project.next_steps
     assert any(step.startswith("copy docker-compose.yml") for step in project.next_steps)
+
+
+def test_an_in_house_data_image_file_secrets_and_host_networking(tmp_path):
+    compose = stack(tmp_path, IN_HOUSE_STACK, "APP_IMAGE=shop\nAPP_PORT=3100\nREDIS_PORT=6380\n")
+    (compose.parent / "secrets").mkdir()
+    (compose.parent / "secrets" / "db_password").write_text("from-a-file\n")
+    (compose.parent / "secrets" / "telegram_token").write_text("42:token\n")
+    found = scaffold.detect(compose)
+    assert {name: s.kind for name, s in found.services.items()} == {
+        "app": "app", "worker": "worker", "bot": "bot", "db": "database", "postgres": "database", "kv": "redis"}
+    assert found.image == "shop", "the image whose tag is a variable is the app's, not the data image"
+    db = found.database
+    assert (db.service, db.engine, db.name, db.user) == ("db", "mysql", "app", "app"), "not the one in a profile"
+    assert {s.variable: s.value for s in found.secrets} == {"vault_db_password": "from-a-file",
+                                                            "vault_telegram_token": "42:token"}
+    assert found.edits == [], "the secrets are files already: nothing to take out of the compose file"
+    assert (found.redis.service, found.redis.port, found.redis.persistent) == ("kv", 6380, True)
+    assert (found.health_port, found.health_path) == (3100, ""), "the healthcheck names no URL: container health"
+    assert found.worker_services == ["worker", "bot"], "the bot takes the updates the app's webhook queued"
+    assert found.bot.webhook and found.bot.webhook_url is None
+
+    written = scaffold.plan(found, tmp_path / "project", "local", [], None).files[
+        "inventory/local/group_vars/all/deployctl.yml"]
+    variables = yaml.safe_load(written)
+    assert variables["deployctl_verify_checks"] == [{"name": "port", "type": "tcp", "host": "127.0.0.1", "port": 3100},
+                                                    {"name": "redis", "type": "redis", "host": "127.0.0.1",
+                                                     "port": 6380}]
+    assert variables["deployctl_redis"] == {"role": "data", "service": "kv"}
+    assert "deployctl_telegram_bot" not in variables, "a webhook bot without its URL is written commented out"
+    assert "# deployctl_telegram_bot: {token: '{{ vault_telegram_token }}', webhook_url:" in written
+    assert "from-a-file" not in written and "42:token" not in written
 
 
 def test_the_demo_compose_file(tmp_path):
