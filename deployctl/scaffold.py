@@ -250,6 +250,59 @@ def _environment(spec: dict, node: yaml.Node | None) -> list[tuple[str, str, yam
     return entries
 
 
+def _by_image(name: str, spec: dict, env: dict[str, str]) -> Service:
+    """A service as its image says: a database, Redis, a proxy, someone else's service, or (so far) the app."""
+    raw = spec.get("image")
+    image = interpolate(str(raw), env) if raw else None
+    own = repository_name(split_reference(image)[0]) if image else ""
+    if own in DATABASE_IMAGES:
+        return Service(name, "database", image, f"{own} image", DATABASE_IMAGES[own])
+    for kind, images in (("redis", REDIS_IMAGES), ("proxy", PROXY_IMAGES)):
+        if own in images:
+            return Service(name, kind, image, f"{own} image")
+    if own in OTHER_IMAGES and not spec.get("build"):
+        return Service(name, "other", image, f"{own} image")
+    return Service(name, "app", image, "build" if spec.get("build") else "image")
+
+
+def _tag_variable(spec: dict) -> str | None:
+    """VAR when the service's image takes its tag from ${VAR}."""
+    raw = spec.get("image")
+    tag = split_reference(str(raw))[1] if raw else None
+    return only_variable(tag) if tag else None
+
+
+def _app_repository(candidates: list[Service], services: dict) -> str | None:
+    """The app's image repository (None: built by compose, unnamed): the one whose tag is a variable (or that is
+    built here), else the one most services run, else a web service's. One release is one tag of it."""
+    scores = collections.defaultdict(lambda: [False, 0, False])
+    for service in candidates:
+        spec = services[service.name] or {}
+        score = scores[split_reference(service.image)[0] if service.image else None]
+        score[0] = score[0] or bool(_tag_variable(spec) or spec.get("build"))
+        score[1] += 1
+        score[2] = score[2] or service.name.lower() in WEB_NAMES
+    return max(scores, key=lambda repository: tuple(scores[repository]))
+
+
+def _tag_edit(name: str, spec: dict, node, repository: str, tag_variable: str, edits: _Edits,
+              env: dict[str, str]) -> None:
+    """The edit a service of the app's image needs so that its tag is ${tag_variable}: none when it is already a
+    variable; in the file where its YAML allows it, else described."""
+    raw = spec.get("image")
+    if raw is None:
+        line = f"image: {json.dumps(f'{repository}:${{{tag_variable}:-latest}}')}"
+        if not edits.insert_before(node, "build", line, f"{name}: add `{line}` (the tag is the version)"):
+            edits.lines.append(f"{name}: add `{line}`")
+        return
+    raw_repository, raw_tag = split_reference(str(raw))
+    if raw_tag is not None and only_variable(raw_tag):
+        return
+    wanted = f"{raw_repository}:${{{tag_variable}:-{interpolate(raw_tag or 'latest', env)}}}"
+    if not edits.replace(_nodes(node, "image"), wanted, f"{name}: image {raw} -> {wanted}"):
+        edits.lines.append(f"{name}: image {raw} -> {wanted}")
+
+
 def _other_role(name: str, spec: dict) -> tuple[str, str, str | None]:
     """(kind, why, engine) of a service that does not run the app's image, by its name, then its command."""
     for text, where in ((name, "name"), (_command_text(spec), "command")):
@@ -399,85 +452,30 @@ def detect(compose_file: Path) -> Stack:
                 values[key.removesuffix("_FILE")] = source.read_text(errors="replace").rstrip("\n")
         return values
 
-    sorted_services: dict[str, Service] = {}
-    for name, spec in services.items():
-        spec = spec or {}
-        raw = spec.get("image")
-        image = interpolate(str(raw), env) if raw else None
-        own = repository_name(split_reference(image)[0]) if image else ""
-        engine = None
-        if own in DATABASE_IMAGES:
-            kind, why, engine = "database", f"{own} image", DATABASE_IMAGES[own]
-        elif own in REDIS_IMAGES:
-            kind, why = "redis", f"{own} image"
-        elif own in PROXY_IMAGES:
-            kind, why = "proxy", f"{own} image"
-        elif own in OTHER_IMAGES and not spec.get("build"):
-            kind, why = "other", f"{own} image"
-        else:
-            kind, why = "app", "build" if spec.get("build") else "image"
-        sorted_services[str(name)] = Service(str(name), kind, image, why, engine)
-
-    # the app image: the repository most app-image services run (one release is one tag of one image)
+    sorted_services = {str(name): _by_image(str(name), spec or {}, env) for name, spec in services.items()}
     candidates = [s for s in sorted_services.values() if s.kind == "app"]
     if not candidates:
         raise BadInput(f"{compose_file}: no service runs an image of your app (found: "
                        + ", ".join(f"{s.name} ({s.why})" for s in sorted_services.values()) + ")")
-    def repository_of(service: Service) -> str | None:
-        return split_reference(service.image)[0] if service.image else None
-
-    def tagged_by_variable(service: Service) -> bool:
-        raw = (services[service.name] or {}).get("image")
-        tag = split_reference(str(raw))[1] if raw else None
-        return bool(tag and only_variable(tag))
-
-    # the app's: the repository whose tag is a variable, else the one most services run, else a web service's
-    scores = collections.defaultdict(lambda: [False, 0, False])
-    for service in candidates:
-        score = scores[repository_of(service)]
-        score[0] = score[0] or tagged_by_variable(service) or bool((services[service.name] or {}).get("build"))
-        score[1] += 1
-        score[2] = score[2] or service.name.lower() in WEB_NAMES
-    main = max(scores, key=lambda repository: tuple(scores[repository]))
+    main = _app_repository(candidates, services)
     repository = main or project
     for service in candidates:
-        if repository_of(service) != main:
+        if (split_reference(service.image)[0] if service.image else None) != main:
             service.kind, service.why, service.engine = _other_role(service.name, services[service.name] or {})
             if service.kind == "other":
                 notes.append(f"{service.name} runs {service.image or 'an image compose builds'}, not {repository}: "
                              "deployctl releases one image per environment, so it is left alone")
-
-    # the tag variable: the one an app service already uses, else APP_TAG
-    tag_variable = "APP_TAG"
-    for service in candidates:
-        raw = (services[service.name] or {}).get("image")
-        if service.kind == "app" and raw and split_reference(str(raw))[1]:
-            found = only_variable(split_reference(str(raw))[1])
-            if found:
-                tag_variable = found
-                break
-
-    built = False
-    for service in (s for s in candidates if s.kind == "app"):
-        spec = services[service.name] or {}
-        node = _nodes(root, "services", service.name)
-        raw = spec.get("image")
-        built = built or bool(spec.get("build"))
-        if raw is None:
-            line = f"image: {json.dumps(f'{repository}:${{{tag_variable}:-latest}}')}"
-            if not edits.insert_before(node, "build", line, f"{service.name}: add `{line}` (the tag is the version)"):
-                edits.lines.append(f"{service.name}: add `{line}`")
-            continue
-        raw_repository, raw_tag = split_reference(str(raw))
-        if raw_tag is not None and only_variable(raw_tag):
-            continue
-        wanted = f"{raw_repository}:${{{tag_variable}:-{interpolate(raw_tag or 'latest', env)}}}"
-        if not edits.replace(_nodes(node, "image"), wanted, f"{service.name}: image {raw} -> {wanted}"):
-            edits.lines.append(f"{service.name}: image {raw} -> {wanted}")
+    mine = [s for s in candidates if s.kind == "app"]
+    # the tag variable: the one a service of the app's image already uses, else APP_TAG
+    tag_variable = next(filter(None, (_tag_variable(services[s.name] or {}) for s in mine)), "APP_TAG")
+    for service in mine:
+        _tag_edit(service.name, services[service.name] or {}, _nodes(root, "services", service.name), repository,
+                  tag_variable, edits, env)
+    built = any((services[s.name] or {}).get("build") for s in mine)
 
     # what each app-image service is: the migrations, the bot, workers, the app
     migrate_command: list[str] = []
-    for service in (s for s in candidates if s.kind == "app"):
+    for service in mine:
         spec = services[service.name] or {}
         service.kind, service.why = _role(service.name, spec)
         if service.kind == "migrate":
@@ -489,9 +487,9 @@ def detect(compose_file: Path) -> Stack:
                        "deployctl needs one that serves the app")
 
     secrets = _Secrets()
-    database = _database(sorted_services, services, root, service_env, secrets, edits, env)
+    database = _database(sorted_services, services, service_env, secrets)
     redis = _redis(sorted_services, services, service_env, secrets, env)
-    bot = _bot(sorted_services, services, root, service_env, secrets, edits, env)
+    bot = _bot(sorted_services, services, service_env, secrets)
     for name, spec in services.items():
         for key, value, node in _environment(spec or {}, _nodes(root, "services", str(name))):
             secrets.from_environment(str(name), key, value, node, edits, env)
@@ -619,7 +617,7 @@ class _Secrets:
         return list(self.by_value.values())
 
 
-def _database(sorted_services, services, root, service_env, secrets: _Secrets, edits: _Edits, env) -> Database | None:
+def _database(sorted_services, services, service_env, secrets: _Secrets) -> Database | None:
     # a service in a compose profile (an alternative, started on demand) only when there is no other
     found = sorted((s for s in sorted_services.values() if s.kind == "database"),
                    key=lambda s: bool((services[s.name] or {}).get("profiles")))
@@ -669,7 +667,7 @@ def _redis(sorted_services, services, service_env, secrets: _Secrets, env) -> Re
     return Redis(service.name, published or port, persistent, reachable, variable)
 
 
-def _bot(sorted_services, services, root, service_env, secrets: _Secrets, edits: _Edits, env) -> Bot | None:
+def _bot(sorted_services, services, service_env, secrets: _Secrets) -> Bot | None:
     found = [s for s in sorted_services.values() if s.kind == "bot"]
     if not found:
         return None
