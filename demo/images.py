@@ -250,6 +250,10 @@ def base_image(packages: Iterable[str], suite: str = DEFAULT_SUITE, *, setup: st
             _import(tarball, tag, inputs)
             _log(f"{tag}: imported from {tarball} in {time.monotonic() - started:.1f} s")
             return tag
+        # what a build that was killed left (its mounts ended with it): nobody else builds this base now
+        for stale in cache.glob(f"build-{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (cache / f"{name}.tar.partial").unlink(missing_ok=True)
         _log(f"{tag}: building with debootstrap ({suite}, {len(inputs['packages'])} packages); takes minutes")
         work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=cache))
         try:
