@@ -98,8 +98,8 @@ def _log(message: str) -> None:
     print(f"images: {message}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str], *, stdin=None, env: dict | None = None, what: str | None = None) -> str:
-    proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True,
+def _run(argv: list[str], *, env: dict | None = None, what: str | None = None) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})))
     if proc.returncode != 0:
         output = (proc.stderr.strip() or proc.stdout.strip())[-3000:]
