@@ -13,8 +13,9 @@ import click
 from deployctl import __version__, reading
 from deployctl import project as projects
 from deployctl import schedule as scheduling
-from deployctl.console import Output, detach_dead_streams, table
+from deployctl.console import Output, close_all, detach_dead_streams, table
 from deployctl.errors import BadInput, DeployctlError, ExitCode
+from deployctl.files import write_atomically
 from deployctl.pipeline import Outcome, Pipeline
 from deployctl.runner import strip_unsafe_environment
 
@@ -31,13 +32,15 @@ Exit codes:
 
 
 class Context:
-    def __init__(self, env: str, project_dir: Path | None, as_json: bool, yes: bool):
+    def __init__(self, env: str, project_dir: Path | None, as_json: bool, yes: bool, quiet: bool, wide: bool):
         self.env_name, self.project_dir, self.yes = env, project_dir, yes
-        self.output = Output(as_json=as_json)
+        self.output = Output(as_json=as_json, quiet=quiet, wide=wide)
 
     # the names of the global options, so that one given after the command can set them
     env = property(lambda self: self.env_name, lambda self, value: setattr(self, "env_name", value))
     as_json = property(lambda self: self.output.as_json, lambda self, value: setattr(self.output, "as_json", value))
+    quiet = property(lambda self: self.output.quiet, lambda self, value: setattr(self.output, "quiet", value))
+    wide = property(lambda self: self.output.wide, lambda self, value: setattr(self.output, "wide", value))
 
     def pipeline(self, confirm: str | None = None, **options) -> Pipeline:
         project = projects.load(self.project_dir)
@@ -79,6 +82,8 @@ GLOBAL_OPTIONS = (
                           "help": "Project root (default: the nearest directory with a deployctl.yml)."}),
     (("--json", "as_json"), {"is_flag": True, "help": "Machine-readable output."}),
     (("-y", "--yes"), {"is_flag": True, "help": "Do not ask for confirmation on production environments."}),
+    (("-q", "--quiet"), {"is_flag": True, "help": "No progress: the outcome line only (and errors)."}),
+    (("--wide",), {"is_flag": True, "help": "Tables with every cell whole, however wide."}),
 )
 
 
@@ -110,27 +115,35 @@ def _also_after_the_command(group: click.Group) -> None:
 @click.version_option(__version__, message=f"%(prog)s %(version)s ({_versions()})")
 @_global_options
 @click.pass_context
-def cli(click_ctx, env, project_dir, as_json, yes):
-    """Gated, auditable releases: the production checklist as one command."""
-    click_ctx.obj = Context(env, project_dir, as_json, yes)
+def cli(click_ctx, env, project_dir, as_json, yes, quiet, wide):
+    """Gated, auditable releases: the production checklist as one command.
+
+    Progress goes to stderr: on a terminal one line updated in place, elsewhere a line per event.
+    """
+    click_ctx.obj = Context(env, project_dir, as_json, yes, quiet, wide)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("version")
 @click.option("--no-rollback", is_flag=True, help="On failure, stop and leave the hosts as they are.")
 @click.option("--force", is_flag=True, help="Release VERSION again when it is already live (restarts it).")
+@click.option("--plan", is_flag=True,
+              help="Show what the release would do, per phase and host, and change nothing (Ansible's check mode).")
 @click.pass_obj
-def release(ctx: Context, version, no_rollback, force):
+def release(ctx: Context, version, no_rollback, force, plan):
     """Release VERSION: preflight, backup, maintenance on, deploy, migrate, verify, maintenance off."""
     projects.check_version(version)
+    if plan:
+        _show(ctx, reading.plan(ctx.pipeline().plan(version)))
 
     def again(live: str) -> bool:
         if force or ctx.yes:
             return True
         if not sys.stdin.isatty():
             return False
-        return click.confirm(f"{live} is already live on every host. Release it again (restart, new backup set)?",
-                             err=True)
+        with ctx.output.paused():
+            return click.confirm(f"{live} is already live on every host. Release it again (restart, new backup "
+                                 "set)?", err=True)
 
     _finish(ctx, ctx.pipeline(f"Release {version}", no_rollback=no_rollback).release(version, again))
 
@@ -266,14 +279,23 @@ def history(ctx: Context, limit):
 
 @cli.command()
 @click.argument("deployment_id")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]),
-              help="Output format (default markdown; json with --json).")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json", "html"]),
+              help="Output format (default markdown; json with --json; html: one page with the timeline).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file (whole or not at all) instead of stdout.")
 @click.pass_obj
-def report(ctx: Context, deployment_id, fmt):
+def report(ctx: Context, deployment_id, fmt, output):
     """DEPLOYMENT_ID against the checklist's targets: time, downtime, error rate, response time."""
     project = projects.load(ctx.project_dir)
     text = reading.report(project, deployment_id, fmt or ("json" if ctx.output.as_json else "markdown"))
-    click.echo(text.rstrip("\n"))
+    if output is None:
+        click.echo(text.rstrip("\n"))
+        return
+    try:
+        write_atomically(output, text)
+    except OSError as exc:
+        raise BadInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    ctx.output.progress(f"wrote {output}")
 
 
 @cli.group()
@@ -328,6 +350,7 @@ def main() -> None:
     try:
         _main()
     finally:
+        close_all()
         detach_dead_streams()
 
 

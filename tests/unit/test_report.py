@@ -31,7 +31,8 @@ def add(db_path: Path, ident: str, started: str, finished: str | None, phases, d
                    (ident, environment, action, version, "alice", started, finished, outcome, exit_code,
                     json.dumps(details)))
         for seq, (name, seconds, *status) in enumerate(phases, 1):
-            db.execute("INSERT INTO phases VALUES (?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO phases (deployment_id, seq, name, status, seconds, changed_hosts, failed_hosts, "
+                       "unreachable_hosts) VALUES (?,?,?,?,?,?,?,?)",
                        (ident, seq, name, status[0] if status else "passed", seconds, "[]", "{}", "{}"))
 
 
