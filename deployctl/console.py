@@ -242,9 +242,12 @@ class Output:
             self._print("out", text)
 
     def _print_wide(self, view: Table) -> None:
+        """The table as wide as its widest row (a console prints no wider than itself: one that wide)."""
         try:
             width = Measurement.get(self.out, self.out.options.update(width=1_000_000), view).maximum
-            self.out.print(view, width=max(width, 1), crop=False)
+            wide = _Console(file=self.out.file, width=max(width, self.out.width), highlight=False,
+                            force_terminal=self.out.is_terminal, color_system=self.out.color_system)
+            wide.print(view, crop=False)
         except (OSError, ValueError):
             self._lost("out")
 
