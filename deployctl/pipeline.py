@@ -1122,6 +1122,8 @@ class Pipeline:
                        f"{version} is already live on every host: releasing it again asks first (or needs --force), "
                        f"then runs {len(run.predicted)} phases on {where}; nothing was changed")
             outcome = "planned"
+        elif outcome == "interrupted":
+            message = "the plan was interrupted; nothing was changed"
         elif "nothing was changed" not in message:
             message = f"the release would stop: {message}; nothing was changed"
         else:
@@ -1165,8 +1167,8 @@ class Pipeline:
             if self._recovering:
                 self.output.progress("[yellow]recovering; wait for it to finish[/yellow]")
                 return
-            self.output.progress(f"[yellow]{signal.Signals(signum).name}: stopping the running phase, then "
-                                 "rolling back[/yellow]")
+            then = "the plan" if self.planning else "the running phase, then rolling back"
+            self.output.progress(f"[yellow]{signal.Signals(signum).name}: stopping {then}[/yellow]")
             self.runner.cancel.set()
 
         watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -147,11 +147,12 @@ def plan(outcome: Outcome) -> View:
                      "; ".join(dict.fromkeys(done["changes"])) or "no change")
             rows.append([phase["phase"], host, would])
     lines = []
-    targets = facts.get("rollback_target") or {}
+    # what the release would leave behind, told only when it would go through
+    targets = (facts.get("rollback_target") or {}) if outcome.exit_code == ExitCode.OK else {}
     if targets:
         lines.append("rollback target afterwards: " + ", ".join(
             f"{target or 'none (nothing to go back to)'} ({host})" for host, target in targets.items()))
-    backup = facts.get("backup")
+    backup = facts.get("backup") if outcome.exit_code == ExitCode.OK else None
     if backup:
         pruned = ", ".join(backup.get("pruned") or []) or "none"
         kept = ", ".join(backup.get("kept_for_rollback") or []) or "none"

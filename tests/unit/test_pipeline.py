@@ -969,3 +969,13 @@ def test_a_plan_while_someone_holds_the_lock_is_refused_like_the_release(make):
     assert outcome.exit_code == ExitCode.LOCKED and "locked by bob@laptop" in outcome.message
     assert outcome.message.startswith("the release would stop: ") and outcome.message.endswith("nothing was changed")
     assert runner.phases == ["lock"]
+
+
+def test_ctrl_c_during_a_plan_stops_it_and_recovers_nothing(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
+    runner.interrupt("maintenance on")
+    outcome = pipeline.plan("v3")
+    assert outcome.exit_code == ExitCode.INTERRUPTED and outcome.outcome == "interrupted"
+    assert outcome.message == "the plan was interrupted; nothing was changed"
+    assert runner.phases == [*RELEASE[:5], "unlock"], "no stop commands, no rollback"

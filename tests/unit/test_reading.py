@@ -249,9 +249,9 @@ def test_a_plan_as_text_a_row_per_phase_and_host_then_what_the_control_node_know
             "rollback_target": {"web1": "v1", "web2": None},
             "backup": {"host": "db1", "set_id": "S", "pruned": ["S0"], "kept_for_rollback": ["S1"]},
             "migrations": {"host": "web1", "status": "0001", "pending": ["0002_add_price"], "problem": ""}}
-    view = reading.plan(Outcome(ExitCode.ROLLED_BACK, "would-roll-back", "the release would stop: verify failed",
+    view = reading.plan(Outcome(ExitCode.OK, "planned", "release v2 would run 2 phases on web1, web2",
                                 data={"plan": plan}))
-    assert view.exit_code == ExitCode.ROLLED_BACK and view.data["plan"] == plan
+    assert view.exit_code == ExitCode.OK and view.data["plan"] == plan
     assert [line.split() for line in rendered(view)[3:]] == [["deploy", "web1", "Switch"], ["deploy", "web2", "no",
                                                                                            "change"],
                                                             ["verify", "web1", "FAILS:", "HTTP", "503"]]
@@ -259,4 +259,9 @@ def test_a_plan_as_text_a_row_per_phase_and_host_then_what_the_control_node_know
         "rollback target afterwards: v1 (web1), none (nothing to go back to) (web2)",
         "backup: a new set on db1; retention would delete: S0; kept for a rollback: S1",
         "migrations on web1: database at 0001; pending: 0002_add_price",
-        "would-roll-back: the release would stop: verify failed"]
+        "planned: release v2 would run 2 phases on web1, web2"]
+    stopped = reading.plan(Outcome(ExitCode.ROLLED_BACK, "would-roll-back", "the release would stop: verify failed",
+                                   data={"plan": plan}))
+    assert stopped.exit_code == ExitCode.ROLLED_BACK
+    assert stopped.text.splitlines() == ["migrations on web1: database at 0001; pending: 0002_add_price",
+                                         "would-roll-back: the release would stop: verify failed"]
