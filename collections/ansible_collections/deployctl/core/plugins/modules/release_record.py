@@ -132,7 +132,10 @@ complete:
   description: Whether C(version) is fully unpacked, from O(artifact_digest) when given.
   type: bool
   returned: when state is prepared, or staged with O(archive); with read and begun, when O(version) and O(artifact_digest) are given
-staged: {description: "The version marked complete and linked, or in check mode to be (a later deploy in the run need not stage it).", type: str, returned: when state is staged}
+staged:
+  description: "The version marked complete and linked, or in check mode to be (a later deploy in the run need not stage it)."
+  type: str
+  returned: when state is staged
 env_staged:
   description: Whether the staged release got its own copy of C(shared/.env) (O(env) given, the version not live).
   type: bool
