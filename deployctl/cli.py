@@ -142,8 +142,12 @@ def release(ctx: Context, version, no_rollback, force, plan):
         if not sys.stdin.isatty():
             return False
         with ctx.output.paused():
-            return click.confirm(f"{live} is already live on every host. Release it again (restart, new backup "
-                                 "set)?", err=True)
+            try:
+                return click.confirm(f"{live} is already live on every host. Release it again (restart, new "
+                                     "backup set)?", err=True)
+            except click.exceptions.Abort:  # Ctrl-C or end of input: no, and the question stays on its line
+                click.echo(err=True)
+                return False
 
     _finish(ctx, ctx.pipeline(f"Release {version}", no_rollback=no_rollback).release(version, again))
 
@@ -350,7 +354,6 @@ def main() -> None:
     try:
         _main()
     finally:
-        close_all()
         detach_dead_streams()
 
 
@@ -359,7 +362,10 @@ def _main() -> None:
         Output().progress(f"[yellow]{name} is ignored: it makes Ansible print or keep module arguments, "
                           "secrets included[/yellow]")
     try:
-        cli.main(standalone_mode=False)
+        try:
+            cli.main(standalone_mode=False)
+        finally:
+            close_all()  # a live line still up when an error ends the command goes before the error is printed
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(int(ExitCode.BAD_INPUT))

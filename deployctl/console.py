@@ -156,6 +156,11 @@ class Output:
             msg = " ".join(str(result.get("msg") or result.get("stderr") or "").split())[:200]
             self.progress(f"  [red]{data.get('host')}[/red] {data.get('task', '')}: {msg}")
 
+    @property
+    def prompting(self) -> bool:
+        """Whether a prompt has the terminal (Output.paused)."""
+        return self._held > 0
+
     @contextlib.contextmanager
     def paused(self):
         """Take the live line down while something else uses the terminal (a prompt); it comes back after."""

@@ -1164,6 +1164,8 @@ class Pipeline:
         stops what the deployment started, rolls back and unlocks."""
 
         def cancel(signum, frame):
+            if self.output.prompting and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C at a question answers it: no
             if self._recovering:
                 self.output.progress("[yellow]recovering; wait for it to finish[/yellow]")
                 return

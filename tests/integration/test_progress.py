@@ -83,6 +83,19 @@ def test_a_prompt_on_a_terminal_is_never_drawn_over(project):
     assert f"{question}n" in screen and screen[-1].startswith("unchanged: v1 is already live"), screen
 
 
+def test_ctrl_c_at_a_prompt_answers_no(project):
+    terminal = on_a_terminal(project, "release", "v1")
+    try:
+        terminal.expect(r"Release it again \(restart, new backup set\)\? \[y/N\]: $")
+        terminal.interrupt()
+        assert terminal.wait() == 3, terminal.text
+    finally:
+        terminal.close()
+    screen = [line for line in screen_lines(terminal.raw) if line]
+    assert "SIGINT" not in terminal.text and screen[-1].startswith("unchanged: v1 is already live"), screen
+    assert any(line.startswith("v1 is already live on every host. Release it again") for line in screen), screen
+
+
 def test_quiet_prints_the_outcome_line_only(project):
     quiet = project.run("release", "v1", "--quiet", as_json=False)
     assert quiet.code == 3 and quiet.stderr == "", quiet
