@@ -340,6 +340,9 @@ class Stream:
         except Exception as exc:
             error = f"ansible-runner failed: {exc.__class__.__name__}: {exc}"
         finally:
+            # before the last result is told: the command may exit as soon as it has it, and this thread with it
+            _scrub(self._private, self.ident)
+            shutil.rmtree(self.answers, ignore_errors=True)
             with self._lock:
                 if self._aborted == "timeout":
                     status = "timeout"
@@ -356,8 +359,6 @@ class Stream:
                                                            error=error or "the run ended before this phase")
                 self._ended.set()
                 self._lock.notify_all()
-            _scrub(self._private, self.ident)
-            shutil.rmtree(self.answers, ignore_errors=True)
 
     def _cancelled(self) -> bool:
         return self.runner.cancel.is_set() or self._aborted is not None

@@ -46,6 +46,9 @@ def live_v1(tmp_path_factory):
     released = project.run("release", "v1")
     assert released.code == 0, released
     project.released = released.data["deployment"]["id"]
+    # what the release's one run left: no raw events, facts or command line (they can hold secrets)
+    artifacts = project.root / ".deployctl" / "runs" / project.released / "artifacts" / "01-release"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["rc", "status", "stderr", "stdout"]
     yield project
     project.stop()
 
