@@ -14,8 +14,9 @@ from rich.markup import escape
 from deployctl import __version__, reading, scaffold
 from deployctl import project as projects
 from deployctl import schedule as scheduling
-from deployctl.console import Output, detach_dead_streams, table
+from deployctl.console import Output, close_all, detach_dead_streams, table
 from deployctl.errors import BadInput, DeployctlError, ExitCode
+from deployctl.files import write_atomically
 from deployctl.pipeline import Outcome, Pipeline
 from deployctl.runner import strip_unsafe_environment
 
@@ -32,13 +33,15 @@ Exit codes:
 
 
 class Context:
-    def __init__(self, env: str, project_dir: Path | None, as_json: bool, yes: bool):
+    def __init__(self, env: str, project_dir: Path | None, as_json: bool, yes: bool, quiet: bool, wide: bool):
         self.env_name, self.project_dir, self.yes = env, project_dir, yes
-        self.output = Output(as_json=as_json)
+        self.output = Output(as_json=as_json, quiet=quiet, wide=wide)
 
     # the names of the global options, so that one given after the command can set them
     env = property(lambda self: self.env_name, lambda self, value: setattr(self, "env_name", value))
     as_json = property(lambda self: self.output.as_json, lambda self, value: setattr(self.output, "as_json", value))
+    quiet = property(lambda self: self.output.quiet, lambda self, value: setattr(self.output, "quiet", value))
+    wide = property(lambda self: self.output.wide, lambda self, value: setattr(self.output, "wide", value))
 
     def pipeline(self, confirm: str | None = None, **options) -> Pipeline:
         project = projects.load(self.project_dir)
@@ -80,6 +83,8 @@ GLOBAL_OPTIONS = (
                           "help": "Project root (default: the nearest directory with a deployctl.yml)."}),
     (("--json", "as_json"), {"is_flag": True, "help": "Machine-readable output."}),
     (("-y", "--yes"), {"is_flag": True, "help": "Do not ask for confirmation on production environments."}),
+    (("-q", "--quiet"), {"is_flag": True, "help": "No progress: the outcome line only (and errors)."}),
+    (("--wide",), {"is_flag": True, "help": "Tables with every cell whole, however wide."}),
 )
 
 
@@ -111,9 +116,12 @@ def _also_after_the_command(group: click.Group) -> None:
 @click.version_option(__version__, message=f"%(prog)s %(version)s ({_versions()})")
 @_global_options
 @click.pass_context
-def cli(click_ctx, env, project_dir, as_json, yes):
-    """Gated, auditable releases: the production checklist as one command."""
-    click_ctx.obj = Context(env, project_dir, as_json, yes)
+def cli(click_ctx, env, project_dir, as_json, yes, quiet, wide):
+    """Gated, auditable releases: the production checklist as one command.
+
+    Progress goes to stderr: on a terminal one line updated in place, elsewhere a line per event.
+    """
+    click_ctx.obj = Context(env, project_dir, as_json, yes, quiet, wide)
 
 
 @cli.command()
@@ -140,18 +148,27 @@ def init(ctx: Context, compose_file, hosts, app_root):
 @click.argument("version")
 @click.option("--no-rollback", is_flag=True, help="On failure, stop and leave the hosts as they are.")
 @click.option("--force", is_flag=True, help="Release VERSION again when it is already live (restarts it).")
+@click.option("--plan", is_flag=True,
+              help="Show what the release would do, per phase and host, and change nothing (Ansible's check mode).")
 @click.pass_obj
-def release(ctx: Context, version, no_rollback, force):
+def release(ctx: Context, version, no_rollback, force, plan):
     """Release VERSION: preflight, backup, maintenance on, deploy, migrate, verify, maintenance off."""
     projects.check_version(version)
+    if plan:
+        _show(ctx, reading.plan(ctx.pipeline().plan(version)))
 
     def again(live: str) -> bool:
         if force or ctx.yes:
             return True
         if not sys.stdin.isatty():
             return False
-        return click.confirm(f"{live} is already live on every host. Release it again (restart, new backup set)?",
-                             err=True)
+        with ctx.output.paused():
+            try:
+                return click.confirm(f"{live} is already live on every host. Release it again (restart, new "
+                                     "backup set)?", err=True)
+            except click.exceptions.Abort:  # Ctrl-C or end of input: no, and the question stays on its line
+                click.echo(err=True)
+                return False
 
     _finish(ctx, ctx.pipeline(f"Release {version}", no_rollback=no_rollback).release(version, again))
 
@@ -287,14 +304,23 @@ def history(ctx: Context, limit):
 
 @cli.command()
 @click.argument("deployment_id")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]),
-              help="Output format (default markdown; json with --json).")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json", "html"]),
+              help="Output format (default markdown; json with --json; html: one page with the timeline).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file (whole or not at all) instead of stdout.")
 @click.pass_obj
-def report(ctx: Context, deployment_id, fmt):
+def report(ctx: Context, deployment_id, fmt, output):
     """DEPLOYMENT_ID against the checklist's targets: time, downtime, error rate, response time."""
     project = projects.load(ctx.project_dir)
     text = reading.report(project, deployment_id, fmt or ("json" if ctx.output.as_json else "markdown"))
-    click.echo(text.rstrip("\n"))
+    if output is None:
+        click.echo(text.rstrip("\n"))
+        return
+    try:
+        write_atomically(output, text)
+    except OSError as exc:
+        raise BadInput(f"cannot write {output}: {exc.strerror or exc}") from None
+    ctx.output.progress(f"wrote {output}")
 
 
 @cli.group()
@@ -357,7 +383,10 @@ def _main() -> None:
         Output().progress(f"[yellow]{name} is ignored: it makes Ansible print or keep module arguments, "
                           "secrets included[/yellow]")
     try:
-        cli.main(standalone_mode=False)
+        try:
+            cli.main(standalone_mode=False)
+        finally:
+            close_all()  # a live line still up when an error ends the command goes before the error is printed
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(int(ExitCode.BAD_INPUT))

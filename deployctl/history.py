@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS phases (
     changed_hosts TEXT NOT NULL,
     failed_hosts TEXT NOT NULL,
     unreachable_hosts TEXT NOT NULL,
+    started_at TEXT,
     PRIMARY KEY (deployment_id, seq)
 );
 CREATE INDEX IF NOT EXISTS deployments_env ON deployments(environment, started_at);
@@ -62,8 +63,8 @@ CREATE INDEX IF NOT EXISTS verifications_env ON verifications(environment);
 RUNNING = "running"
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now(timespec: str = "seconds") -> str:
+    return datetime.now(UTC).isoformat(timespec=timespec)
 
 
 @dataclass
@@ -97,6 +98,9 @@ class History:
         self.path = path
         with self._db(transaction=False) as db:
             db.executescript(SCHEMA)
+            # phases recorded before their start times were
+            if "started_at" not in {row["name"] for row in db.execute("PRAGMA table_info(phases)")}:
+                db.execute("ALTER TABLE phases ADD COLUMN started_at TEXT")
 
     def _problem(self, exc: Exception) -> StateError:
         return StateError(
@@ -151,11 +155,12 @@ class History:
         return deployment
 
     def add_phase(self, deployment: Deployment, name: str, status: str, seconds: float,
-                  changed: list[str], failed: dict[str, str], unreachable: dict[str, str]) -> None:
+                  changed: list[str], failed: dict[str, str], unreachable: dict[str, str],
+                  started_at: str | None = None) -> None:
         """Append a phase to the deployment (in memory always, on disk with its details)."""
         deployment.phases.append({"name": name, "status": status, "seconds": round(seconds, 2),
                                   "changed_hosts": changed, "failed_hosts": failed,
-                                  "unreachable_hosts": unreachable})
+                                  "unreachable_hosts": unreachable, "started_at": started_at})
         self.save(deployment)
 
     def save(self, deployment: Deployment) -> None:
@@ -168,10 +173,11 @@ class History:
             )
             for seq, phase in enumerate(deployment.phases, 1):
                 db.execute(
-                    "INSERT OR IGNORE INTO phases VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO phases (deployment_id, seq, name, status, seconds, changed_hosts, "
+                    "failed_hosts, unreachable_hosts, started_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     (deployment.id, seq, phase["name"], phase["status"], phase["seconds"],
                      json.dumps(phase["changed_hosts"]), json.dumps(phase["failed_hosts"]),
-                     json.dumps(phase["unreachable_hosts"])),
+                     json.dumps(phase["unreachable_hosts"]), phase.get("started_at")),
                 )
 
     def finish(self, deployment: Deployment, outcome: str, exit_code: int) -> None:

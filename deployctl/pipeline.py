@@ -9,17 +9,19 @@ and on every host, before it puts back code and data.
 from __future__ import annotations
 
 import getpass
+import shutil
 import signal
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from deployctl import processes, variables
 from deployctl.console import Output
 from deployctl.data import migrated, reopened, unexplained_changes
 from deployctl.errors import DeployctlError, ExitCode, StateError
-from deployctl.history import RUNNING, Deployment, History
+from deployctl.history import RUNNING, Deployment, History, now
 from deployctl.notify import ANNOUNCED_ACTIONS, Notifier, finish_event, verification_event
 from deployctl.phases import PHASES, Phase
 from deployctl.project import Environment, Project
@@ -87,6 +89,7 @@ class Run:
     plan: list[Phase] = field(default_factory=list)  # the phases the command means to run, when all goes well
     stream: Stream | None = None  # the one ansible-playbook run of the plan, while it goes as planned
     stream_vars: dict = field(default_factory=dict)  # the extra vars it was started with
+    predicted: list[dict] = field(default_factory=list)  # a plan's phases: what each would do on each host
 
     @property
     def details(self) -> dict:
@@ -122,12 +125,19 @@ class Pipeline:
         self._history: History | None = None
         self._history_error: str | None = None
         self._recovering = False
+        self.planning = False  # `release --plan`: check mode, no history, no notification, no recovery
+        self._runs: list[Run] = []  # the runs this pipeline started
+        self.planned_again: str | None = None  # the version a plan found live already
         self.notifier = Notifier(environment.notify, project.app, environment.name, output.progress)
+
+    @property
+    def history_path(self) -> Path:
+        return self.project.state_dir / "history.db"
 
     @property
     def history(self) -> History:
         if self._history is None:
-            self._history = History(self.project.state_dir / "history.db")
+            self._history = History(self.history_path)
         return self._history
 
     # ---------------------------------------------------------------- commands
@@ -135,6 +145,23 @@ class Pipeline:
     def release(self, version: str, again: Callable[[str], bool] = lambda version: False) -> Outcome:
         """Release `version`; when it is already live on every host, only if `again(version)` says so."""
         return self._command("release", version, lambda run: self._release(run, version, again), self._recover)
+
+    def plan(self, version: str) -> Outcome:
+        """What releasing `version` would do, phase by phase and host by host, changing nothing: the release's
+        own sequence and gates, its phases in Ansible's check mode. No deployment reaches the history or the
+        hosts' records, no lock is taken, no notification goes out, and a phase that would fail is reported,
+        not recovered from. The exit code is the one the release would end with, as far as a plan can tell."""
+        self.planning = self.runner.check = True
+
+        def again(live: str) -> bool:
+            self.planned_again = live
+            return True
+
+        try:
+            return self._command("release", version, lambda run: self._release(run, version, again), self._recover)
+        finally:
+            for run in self._runs:  # ansible-runner's private directory of the run: nothing stays behind
+                shutil.rmtree(self.runner.runs_dir / run.deployment.id, ignore_errors=True)
 
     def rollback(self, to: str | None = None, data: str = "auto") -> Outcome:
         """Go back to the release before the live one (or to `to`), with its data when that loses nothing."""
@@ -314,6 +341,9 @@ class Pipeline:
         """Run the release's migrations on the scratch copy of the pre-release set, before maintenance goes up:
         an outcome when they failed (nothing served changed) or reached the live database."""
         scratch = run.details.get("scratch_database")
+        if self.planning:
+            self.output.progress("no rehearsal in a plan: it runs the migrations on the backup set's scratch copy")
+            return None
         if not scratch or not any(run.before.values()):
             self.output.progress("no rehearsal of the migrations: " + (
                 "no release is live yet" if scratch else "no scratch copy of the data was kept"))
@@ -511,7 +541,10 @@ class Pipeline:
         interrupted = reason == "interrupted"
         self._recovering = True
         self.runner.cancel.clear()
-        if not run.touched:
+        if self.planning and not interrupted:
+            return self._finish(run, ExitCode.ROLLED_BACK, "would-roll-back",
+                                f"{reason}: the release would roll back from there")
+        if not run.touched or self.planning:
             return self._finish(run, ExitCode.INTERRUPTED if interrupted else ExitCode.FAILED_UNCHANGED,
                                 "interrupted" if interrupted else "unchanged", f"{reason}; nothing was changed")
         self._note(run, failure=reason)
@@ -755,21 +788,28 @@ class Pipeline:
         token = uuid.uuid4().hex
         details = {"process": processes.identity(), "lock_token": token}
         self._check_state_dir()
-        if needs_history:
+        # a plan reads the history (what the release would refuse for) but never creates it
+        if needs_history and (not self.planning or self.history_path.exists()):
             self.history.check_writable()
             stuck = self.unfinished()
             if stuck and action != "recover":
                 raise _unfinished_error(stuck[-1])
         try:
-            deployment = self.history.start(self.env.name, action, version, details)
+            if self.planning:
+                deployment = Deployment(f"PLAN-{uuid.uuid4().hex[:12]}", self.env.name, action, version,
+                                        getpass.getuser(), "", details=details)
+            else:
+                deployment = self.history.start(self.env.name, action, version, details)
         except StateError as exc:
             if needs_history:
                 raise
             self._history_error = str(exc)
             deployment = Deployment(f"DEP-{uuid.uuid4().hex[:12]}", self.env.name, action, version,
                                     getpass.getuser(), "", details=details)
-        self.output.progress(f"[bold]{deployment.id}[/bold] {action} {version or ''} on {self.env.name}")
+        what = "plan of the " if self.planning else ""
+        self.output.progress(f"[bold]{deployment.id}[/bold] {what}{action} {version or ''} on {self.env.name}")
         run = Run(deployment, token=token)
+        self._runs.append(run)
         if action in ANNOUNCED_ACTIONS:
             self._notify(run, f"{action}.started", "running", f"{action} started by {deployment.user}")
         return run
@@ -786,7 +826,10 @@ class Pipeline:
                              "touched") from None
 
     def _save(self, write) -> None:
-        """Write to the history; a failure is reported once and never abandons what is under way."""
+        """Write to the history; a failure is reported once and never abandons what is under way. A plan
+        writes nothing."""
+        if self.planning:
+            return
         try:
             write()
         except StateError as exc:
@@ -821,6 +864,7 @@ class Pipeline:
 
     def _phase(self, run: Run, phase: Phase, extra: dict, hosts: list[str] | None = None) -> PhaseResult:
         self.output.phase_started(phase)
+        started_at = now("milliseconds")  # the deployment's timeline (deployctl report --format html)
         if hosts is not None and run.before and set(run.before) <= set(hosts):
             hosts = None  # every host preflight found
         result = self._run_phase(run, phase, extra, run.limit(hosts))
@@ -838,9 +882,11 @@ class Pipeline:
             run.checks = result.report("checks")
             if run.checks and run.deployment.action != "verify":
                 run.details["checks"] = run.checks  # for `deployctl report`
+        if self.planning:
+            run.predicted.append(_prediction(phase, result, passed))
         self._save(lambda: self.history.add_phase(run.deployment, phase, "passed" if passed else result.status,
                                                   result.seconds, result.changed_hosts, result.failed,
-                                                  result.unreachable))
+                                                  result.unreachable, started_at))
         self.output.phase_finished(phase, passed, result.seconds, result.problem())
         if self.runner.cancel.is_set() and not self._recovering:
             raise Interrupted
@@ -901,6 +947,9 @@ class Pipeline:
                 break
             # locks left on hosts that were unreachable when a finished deployment of this control node
             # unlocked: released with that deployment's own token, then the lock is taken again
+            if self.planning:
+                self._note(run, stale_locks=sorted(ident for ident, _ in stale))
+                return
             for (ident, token), stale_hosts in stale.items():
                 self._phase(run, Phase.CLEAR_STALE_LOCK, {
                     "deployctl_lock_token": token,
@@ -1031,6 +1080,8 @@ class Pipeline:
             self.runner.cancel.clear()
             if not self._release_lock(run, SETTLED.get(outcome, "abandoned")):
                 message += "; the lock could not be released (deployctl unlock)"
+        if self.planning:
+            return self._planned(run, code, outcome, message)
         run.details["message"] = message
         if event is None and run.deployment.action in ANNOUNCED_ACTIONS:
             event = finish_event(run.deployment.action, outcome)
@@ -1043,8 +1094,46 @@ class Pipeline:
         data = {"failure": run.failure_output} if run.failure_output and code != ExitCode.OK else {}
         return Outcome(code, outcome, message, run.deployment, data)
 
+    def _planned(self, run: Run, code: ExitCode, outcome: str, message: str) -> Outcome:
+        """A plan's outcome: the release's own outcome turned into what it would be, with what each phase would
+        do on each host and what the control node knows (the rollback target, the backup set, the migrations)."""
+        version = run.deployment.version
+        reported = [(h, r["report"]) for p in run.predicted for h, r in p["hosts"].items()]
+        hosts = sorted({h for h, _ in reported})
+        facts: dict = {"version": version, "phases": run.predicted, "already_live": self.planned_again,
+                       "stale_locks": run.details.get("stale_locks", [])}
+        states = {h: report["state"] for h, report in reported if "state" in report}
+        if states:
+            # what `rollback` would go back to after the release: the live release, or (released again) the one
+            # before it
+            facts["rollback_target"] = {h: state.get("previous" if state.get("live") == version else "live")
+                                        for h, state in sorted(states.items())}
+        backup = next(({"host": h, **report["backup_plan"]} for h, report in reported if "backup_plan" in report),
+                      None)
+        if backup is not None:
+            backup["kept_for_rollback"] = self._protected_sets()
+        facts["backup"] = backup
+        facts["migrations"] = next(({"host": h, **report["migrate_plan"]} for h, report in reported
+                                    if "migrate_plan" in report), None)
+        if code == ExitCode.OK:
+            where = ", ".join(hosts) or "no host"
+            message = (f"release {version} would run {len(run.predicted)} phases on {where}; nothing was changed"
+                       if not self.planned_again else
+                       f"{version} is already live on every host: releasing it again asks first (or needs --force), "
+                       f"then runs {len(run.predicted)} phases on {where}; nothing was changed")
+            outcome = "planned"
+        elif outcome == "interrupted":
+            message = "the plan was interrupted; nothing was changed"
+        elif "nothing was changed" not in message:
+            message = f"the release would stop: {message}; nothing was changed"
+        else:
+            message = f"the release would stop: {message}"
+        return Outcome(code, outcome, message, None, {"plan": facts})
+
     def _notify(self, run: Run, event: str, outcome: str, message: str) -> None:
         """Send an event to the environment's channels; never fails the command, records what happened."""
+        if self.planning:
+            return
         try:
             deployment = run.deployment
             records = self.notifier.send(event, deployment.id, deployment.version, outcome, message)
@@ -1075,11 +1164,13 @@ class Pipeline:
         stops what the deployment started, rolls back and unlocks."""
 
         def cancel(signum, frame):
+            if self.output.prompting and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C at a question answers it: no
             if self._recovering:
                 self.output.progress("[yellow]recovering; wait for it to finish[/yellow]")
                 return
-            self.output.progress(f"[yellow]{signal.Signals(signum).name}: stopping the running phase, then "
-                                 "rolling back[/yellow]")
+            then = "the plan" if self.planning else "the running phase, then rolling back"
+            self.output.progress(f"[yellow]{signal.Signals(signum).name}: stopping {then}[/yellow]")
             self.runner.cancel.set()
 
         watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -1089,6 +1180,25 @@ class Pipeline:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+# what a plan keeps of the reports each host sends (deployctl.runner REPORT_KEY): the host's release state, the
+# backup set it would take, the migrations, the verify checks as they run against what is live now
+PLANNED_REPORTS = ("state", "backup_plan", "migrate_plan", "checks")
+
+
+def _prediction(phase: Phase, result: PhaseResult, passed: bool) -> dict:
+    """One phase of a plan: per host, the tasks that would change it (check mode's `changed`) or why it fails."""
+    hosts = {}
+    for host in sorted({*result.processed_hosts, *result.failed, *result.unreachable}):
+        problem = result.failed.get(host) or (f"unreachable: {result.unreachable[host]}"
+                                              if host in result.unreachable else None)
+        reports = result.reports.get(host, {})
+        kept = {key: reports[key] for key in PLANNED_REPORTS if key in reports}
+        if "state" in kept:
+            kept["state"] = {key: kept["state"].get(key) for key in ("live", "previous")}
+        hosts[host] = {"changes": result.changes.get(host, []), "problem": problem, "report": kept}
+    return {"phase": str(phase), "passed": passed, "hosts": hosts, "problem": None if passed else result.problem()}
 
 
 def _holder(holder: dict) -> str:

@@ -107,7 +107,7 @@ def history(project: Project, environment: str, limit: int) -> View:
 
 
 def report(project: Project, deployment_id: str, fmt: str = "markdown") -> str:
-    """One deployment against the checklist's targets (deployctl.report), as markdown or JSON."""
+    """One deployment against the checklist's targets (deployctl.report), as markdown, JSON or a web page."""
     history_db = _history(project)
     deployment = history_db.get(deployment_id)
     if deployment is None:
@@ -115,6 +115,8 @@ def report(project: Project, deployment_id: str, fmt: str = "markdown") -> str:
     built = reports.build(deployment, history_db.verification_of(deployment_id))
     if fmt == "json":
         return json.dumps(built, indent=2, default=str)
+    if fmt == "html":
+        return reports.html(built)
     return reports.markdown(built)
 
 
@@ -129,6 +131,47 @@ def backups(pipeline: Pipeline) -> View:
     return View({"sets": sets}, table("Backup sets", ["id", "taken", "purpose", "live version", "bytes",
                                                       "verified"], rows, whole=("live version",),
                                       shorten=("verified",)))
+
+
+# ---------------------------------------------------------------- release --plan
+
+
+def plan(outcome: Outcome) -> View:
+    """What `release --plan` found (Pipeline.plan): what each phase would do on each host, then what the
+    control node knows: the rollback target, the backup set, the migrations."""
+    facts = outcome.data["plan"]
+    rows = []
+    for phase in facts["phases"]:
+        for host, done in phase["hosts"].items():
+            would = (f"FAILS: {done['problem']}" if done["problem"] else
+                     "; ".join(dict.fromkeys(done["changes"])) or "no change")
+            rows.append([phase["phase"], host, would])
+    lines = []
+    # what the release would leave behind, told only when it would go through
+    targets = (facts.get("rollback_target") or {}) if outcome.exit_code == ExitCode.OK else {}
+    if targets:
+        lines.append("rollback target afterwards: " + ", ".join(
+            f"{target or 'none (nothing to go back to)'} ({host})" for host, target in targets.items()))
+    backup = facts.get("backup") if outcome.exit_code == ExitCode.OK else None
+    if backup:
+        pruned = ", ".join(backup.get("pruned") or []) or "none"
+        kept = ", ".join(backup.get("kept_for_rollback") or []) or "none"
+        lines.append(f"backup: a new set on {backup['host']}; retention would delete: {pruned}; kept for a "
+                     f"rollback: {kept}")
+    migrations = facts.get("migrations")
+    if migrations:
+        pending = migrations.get("pending")
+        listed = (f"could not be listed: {migrations['problem']}" if migrations.get("problem") else
+                  "not listed (set deployctl_migrate_pending_command)" if pending is None else
+                  ", ".join(pending) or "none")
+        lines.append(f"migrations on {migrations['host']}: database at {migrations.get('status') or 'unknown'}; "
+                     f"pending: {listed}")
+    if facts.get("stale_locks"):
+        lines.append(f"stale locks of {', '.join(facts['stale_locks'])} would be cleared first")
+    lines.append(f"{outcome.outcome}: {outcome.message}")
+    return View(outcome.as_dict(), table(f"Plan: release {facts['version']}", ["phase", "host", "would"], rows,
+                                         shorten=("would",)),
+                "\n".join(escape(line) for line in lines), outcome.exit_code)
 
 
 # ---------------------------------------------------------------- Prometheus textfile collector

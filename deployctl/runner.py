@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ansible_runner
+import yaml
 
 from deployctl.ansible_config import merged
 from deployctl.processes import MARK, RUN_ID
@@ -48,6 +49,7 @@ class PhaseResult:
     seconds: float = 0.0
     error: str | None = None
     output: dict[str, dict] = field(default_factory=dict)  # host -> the failed task and the end of its output
+    changes: dict[str, list[str]] = field(default_factory=dict)  # host -> the tasks that changed it (or would)
 
     @property
     def changed_hosts(self) -> list[str]:
@@ -102,6 +104,7 @@ class AnsibleRunner:
     timeout: int = 900  # seconds one phase may take
     on_event: Callable[[str, dict], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    check: bool = False  # Ansible's check mode: every phase says what it would change, and changes nothing
 
     def run(self, deployment_id: str, seq: int, phase: str, playbook: str, extravars: dict,
             limit: str | None = None) -> PhaseResult:
@@ -160,7 +163,7 @@ class AnsibleRunner:
         return dict(private_data_dir=str(private), ident=ident, project_dir=str(content / "playbooks"),
                     playbook=playbook, inventory=str(self.inventory), extravars=extravars, limit=limit,
                     forks=self.forks, timeout=timeout, envvars=envvars, quiet=True, suppress_env_files=True,
-                    fact_cache_type="jsonfile")
+                    fact_cache_type="jsonfile", cmdline="--check" if self.check else None)
 
 
 class PhaseEvents:
@@ -177,6 +180,7 @@ class PhaseEvents:
         self.unreachable: dict[str, str] = {}
         self.reports: dict[str, dict] = {}
         self.counts: dict[str, dict[str, int]] = {name: {} for name in self.COUNTS}
+        self.changes: dict[str, list[str]] = {}
         self.final: dict | None = None  # playbook_on_stats, when the run ended with this phase
 
     def add(self, event: dict) -> bool:
@@ -194,6 +198,8 @@ class PhaseEvents:
             self._count(host, "ok", "ignored")
         elif kind == "runner_on_ok":
             self._count(host, "ok", *(["changed"] if result.get("changed") else []))
+            if result.get("changed") and host is not None:
+                self.changes.setdefault(host, []).append(str(data.get("task") or ""))
             stats = result.get("ansible_stats") or {}
             report = (stats.get("data") or {}).get(REPORT_KEY)
             if isinstance(report, dict):
@@ -236,10 +242,14 @@ class PhaseEvents:
         elif error is not None or status in ("timeout", "canceled", "error"):
             stats = None
         output = {h: o for h, o in self.output.items() if h in failed}
-        return PhaseResult(self.phase, status, rc, stats, failed, unreachable, reports, seconds, error, output)
+        changes = {h: list(tasks) for h, tasks in self.changes.items()}
+        return PhaseResult(self.phase, status, rc, stats, failed, unreachable, reports, seconds, error, output,
+                           changes)
 
 
 GATE_PLAY = "deployctl gate before "
+# The event a Stream adds to Ansible's own for `AnsibleRunner.on_event`: {"phase", "hosts"}, before each phase
+PHASE_HOSTS = "deployctl_phase_hosts"
 
 
 class Stream:
@@ -330,6 +340,9 @@ class Stream:
         except Exception as exc:
             error = f"ansible-runner failed: {exc.__class__.__name__}: {exc}"
         finally:
+            # before the last result is told: the command may exit as soon as it has it, and this thread with it
+            _scrub(self._private, self.ident)
+            shutil.rmtree(self.answers, ignore_errors=True)
             with self._lock:
                 if self._aborted == "timeout":
                     status = "timeout"
@@ -346,8 +359,6 @@ class Stream:
                                                            error=error or "the run ended before this phase")
                 self._ended.set()
                 self._lock.notify_all()
-            _scrub(self._private, self.ident)
-            shutil.rmtree(self.answers, ignore_errors=True)
 
     def _cancelled(self) -> bool:
         return self.runner.cancel.is_set() or self._aborted is not None
@@ -372,6 +383,10 @@ class Stream:
                 self._started = time.monotonic()
             events = self._events
         if events is None:
+            gate = (data.get("res") or {}) if kind == "runner_on_ok" else {}
+            if "hosts" in gate and self.runner.on_event:
+                # the hosts the phase after the gate runs on, as Ansible resolved its plays' patterns
+                self.runner.on_event(PHASE_HOSTS, {"phase": gate.get("phase"), "hosts": gate["hosts"]})
             return True  # the gate plays' own events, and the run's start
         return events.add(event)
 
@@ -386,7 +401,7 @@ def _stream_playbook(phases: list[tuple[str, str]], answers: Path) -> str:
             "tasks": [
                 {"name": "Wait for deployctl's answer", "run_once": True,
                  "deployctl.core.gate": {"answers": str(answers), "index": index, "phase": name,
-                                         "controller_pid": os.getpid()},
+                                         "controller_pid": os.getpid(), "hosts": _hosts_of(playbook)},
                  "register": "_deployctl_gate"},
                 {"name": "Take the phase's variables", "run_once": True, "no_log": True,
                  "ansible.builtin.include_vars": {"file": "{{ _deployctl_gate.variables_file }}"},
@@ -396,6 +411,14 @@ def _stream_playbook(phases: list[tuple[str, str]], answers: Path) -> str:
         plays.append({"name": f"Phase {name}", "when": "not _deployctl_gate.skip",
                       "ansible.builtin.import_playbook": str(content_dir() / "playbooks" / playbook)})
     return json.dumps(plays, indent=1)
+
+
+def _hosts_of(playbook: str) -> str:
+    """The hosts a phase playbook's plays run on (limit applied), as Ansible resolves their patterns."""
+    plays = yaml.safe_load((content_dir() / "playbooks" / playbook).read_text()) or []
+    pattern = ":".join(str(play["hosts"]) for play in plays if isinstance(play, dict) and play.get("hosts"))
+    return (f"{{{{ query('ansible.builtin.inventory_hostnames', {pattern!r}) "
+            "| intersect(ansible_play_hosts_all) }}")
 
 
 def _merge(into: dict, new: dict) -> None:

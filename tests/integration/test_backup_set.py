@@ -844,10 +844,12 @@ def test_retention(tmp_path, backup_dir):
         "keep": 2,
         "protect": ["s1"],
     }
-    pruned = {}
+    pruned, predicted = {}, {}
     for i in range(1, 6):
+        # check mode (deployctl release --plan) names what the set would make retention delete, and deletes nothing
+        predicted[i] = take_set(dict(base, set_id=f"s{i}"), check_mode=True)["pruned"]
         pruned[i] = take_set(dict(base, set_id=f"s{i}"))["pruned"]
-    assert pruned == {1: [], 2: [], 3: [], 4: ["s2"], 5: ["s3"]}
+    assert pruned == {1: [], 2: [], 3: [], 4: ["s2"], 5: ["s3"]} and predicted == pruned
     assert [s["set_id"] for s in list_sets(str(backup_dir))] == ["s5", "s4", "s1"]
 
     old = backup_dir / "old-partial"

@@ -94,7 +94,7 @@ class StubRunner:
         status = "failed" if answer.failed or answer.unreachable else "successful"
         rc = 2 if answer.failed else (4 if answer.unreachable else 0)
         return PhaseResult(name, status, rc, stats, dict(answer.failed), dict(answer.unreachable),
-                           answer.reports, 0.1)
+                           answer.reports, 0.1, changes={h: [f"a task of {name}"] for h in answer.changed})
 
 
 class StubStream:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from deployctl.history import History
+from tests.support.terminal import Terminal
 
 DEPLOYCTL = [sys.executable, "-m", "deployctl"]
 
@@ -73,3 +74,48 @@ def test_shell_completion_through_clicks_mechanism(project):
     answer = subprocess.run([str(deployctl_bin)], capture_output=True, text=True, timeout=60, env={
         **os.environ, "_DEPLOYCTL_COMPLETE": "bash_complete", "COMP_WORDS": "deployctl rol", "COMP_CWORD": "1"})
     assert answer.stdout.split() == ["plain,rollback"]
+
+
+def test_history_fits_a_real_80_column_terminal_and_wide_shows_it_all(project):
+    """On a pseudo-terminal of 80 columns (no COLUMNS): ids whole, messages on one line, shortened; --wide (given
+    after the command) prints them whole."""
+    history = History(project / ".deployctl" / "history.db")
+    message = "verify failed on web1: health: HTTP 503 from http://127.0.0.1:8080/health " * 3
+    for n in range(3):
+        done = history.start("staging", "release", f"v1.{n}.0-rc.{n}")
+        done.details["message"] = message
+        history.finish(done, "rolled-back", 4)
+    for wide in (False, True):
+        # the terminal's own width: COLUMNS and LINES as a login shell leaves them, unset
+        terminal = Terminal([*DEPLOYCTL, "--project-dir", str(project), "-e", "staging", "history",
+                             *(["--wide"] if wide else [])], columns=80, env={"COLUMNS": "", "LINES": ""})
+        try:
+            assert terminal.wait(60) == 0, terminal.text
+        finally:
+            terminal.close()
+        lines = [line.rstrip() for line in terminal.text.replace("\r", "").splitlines()]
+        ids = [d.id for d in history.recent("staging")]
+        rows = [line for line in lines if line.startswith("DEP-")]
+        assert len(rows) == 4 and all(any(ident in row for row in rows) for ident in ids), lines
+        if wide:
+            assert sum(message.strip() in row for row in rows) == 3, lines
+        else:
+            assert all(len(line) <= 80 for line in lines), lines
+            assert sum(row.endswith("…") for row in rows) == 3, lines
+
+
+def test_quiet_and_wide_are_global_options_too(project):
+    for args in (["-q", "--wide", "history", "--json"], ["history", "--quiet", "--wide", "--json"]):
+        done = deployctl(*args, "-e", "production", cwd=project)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert [d["version"] for d in json.loads(done.stdout)] == ["v1-production"]
+
+
+def test_report_as_a_web_page_written_to_a_file(project):
+    ident = History(project / ".deployctl" / "history.db").recent("staging")[0].id
+    target = project / "report.html"
+    done = deployctl("report", ident, "--format", "html", "-o", str(target), "-e", "staging", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and target.read_text().startswith("<!DOCTYPE html>")
+    refused = deployctl("report", ident, "--format", "html", "-o", str(project / "missing" / "r.html"), cwd=project)
+    assert refused.returncode == 2 and "cannot write" in refused.stderr

@@ -902,3 +902,80 @@ def test_the_predicted_window_replaces_the_last_releases_migrations_with_the_reh
         {"name": "maintenance off", "status": "passed", "seconds": 1.0}])
     assert predicted_window(last, 0.5) == 3.5  # 2 s of deploy + 1 s to turn maintenance off, + 0.5 s migrating
     assert predicted_window(None, 0.5) == 0.5
+
+
+# ---------------------------------------------------------------- release --plan
+
+
+def test_a_plan_runs_the_releases_own_phases_in_check_mode_and_writes_nothing(make):
+    pipeline, runner = make()
+    released(pipeline, runner, "v2")  # its set S1 is the one a rollback from v2 restores
+    history = pipeline.history_path.read_bytes()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
+    runner.answer("backup", Answer(reports={"localhost": {"backup_plan": {"set_id": "S2", "pruned": ["S0"]}}},
+                                   changed=["localhost"]))
+    runner.answer("migrate", Answer(reports={"localhost": {"migrate_plan": {
+        "status": "0002", "pending": ["0003_add_price"], "problem": ""}}}))
+    outcome = pipeline.plan("v3")
+    assert outcome.exit_code == ExitCode.OK and outcome.outcome == "planned", outcome.message
+    assert outcome.message == "release v3 would run 11 phases on localhost; nothing was changed"
+    assert runner.check is True, "every phase in Ansible's check mode"
+    assert runner.streams[-1] == [p.replace(" ", "-") for p in PLAN] and runner.streamed[-11:] == RELEASE, \
+        "the release's own sequence, in one run"
+    plan = outcome.data["plan"]
+    assert [p["phase"] for p in plan["phases"]] == RELEASE
+    assert plan["phases"][2]["hosts"] == {"localhost": {"changes": ["a task of backup"], "problem": None,
+                                                        "report": {"backup_plan": {"set_id": "S2",
+                                                                                   "pruned": ["S0"]}}}}
+    assert plan["rollback_target"] == {"localhost": "v2"}
+    assert plan["backup"] == {"host": "localhost", "set_id": "S2", "pruned": ["S0"], "kept_for_rollback": ["S1"]}
+    assert plan["migrations"] == {"host": "localhost", "status": "0002", "pending": ["0003_add_price"], "problem": ""}
+    assert outcome.deployment is None and pipeline.history_path.read_bytes() == history, "no history written"
+    assert runner.variables("preflight")["deployctl_deployment_id"].startswith("PLAN-")
+
+
+def test_a_plan_of_the_live_version_says_the_release_would_ask(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
+    outcome = pipeline.plan("v2")
+    assert outcome.exit_code == ExitCode.OK and "already live on every host: releasing it again asks" in outcome.message
+    assert outcome.data["plan"]["rollback_target"] == {"localhost": "v1"}, "released again, v2 still goes back to v1"
+    assert runner.phases == RELEASE
+
+
+def test_a_plan_reports_where_the_release_would_stop_with_its_exit_code(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(failed={"localhost": "artifact demo-v3.tar.gz does not exist"}))
+    refused = pipeline.plan("v3")
+    assert refused.exit_code == ExitCode.FAILED_UNCHANGED and refused.outcome == "unchanged"
+    assert refused.message == ("the release would stop: preflight failed: localhost: artifact demo-v3.tar.gz does "
+                               "not exist; nothing was changed")
+    assert runner.phases == ["lock", "preflight", "unlock"]
+
+    pipeline, runner = make()
+    release_answers(runner)
+    runner.answer("deploy", Answer(failed={"localhost": "release v3 is not on this host"}))
+    failed = pipeline.plan("v3")
+    assert failed.exit_code == ExitCode.ROLLED_BACK and failed.outcome == "would-roll-back"
+    assert "deploy failed: localhost: release v3 is not on this host" in failed.message
+    assert runner.phases == RELEASE[:7] + ["unlock"], "no recovery runs for a plan"
+    assert failed.data["plan"]["phases"][-2]["problem"] == "localhost: release v3 is not on this host"
+
+
+def test_a_plan_while_someone_holds_the_lock_is_refused_like_the_release(make):
+    pipeline, runner = make()
+    runner.answer("lock", held({"deployment_id": "DEP-OTHER", "user": "bob", "control_node": "laptop", "pid": 7}))
+    outcome = pipeline.plan("v3")
+    assert outcome.exit_code == ExitCode.LOCKED and "locked by bob@laptop" in outcome.message
+    assert outcome.message.startswith("the release would stop: ") and outcome.message.endswith("nothing was changed")
+    assert runner.phases == ["lock"]
+
+
+def test_ctrl_c_during_a_plan_stops_it_and_recovers_nothing(make):
+    pipeline, runner = make()
+    runner.answer("preflight", Answer(reports={"localhost": host_state("v2", "v1")}))
+    runner.interrupt("maintenance on")
+    outcome = pipeline.plan("v3")
+    assert outcome.exit_code == ExitCode.INTERRUPTED and outcome.outcome == "interrupted"
+    assert outcome.message == "the plan was interrupted; nothing was changed"
+    assert runner.phases == [*RELEASE[:5], "unlock"], "no stop commands, no rollback"

@@ -236,3 +236,32 @@ def test_backup_set_ids_are_never_cut(pipeline, monkeypatch):
          "live_version": "v1.4.0", "size_bytes": 123456789, "verified": False, "broken": "x" * 200}]}}))
     lines = rendered(reading.backups(pipeline))
     assert all(len(line) <= 80 for line in lines) and any(long_id in line for line in lines), "\n".join(lines)
+
+
+def test_a_plan_as_text_a_row_per_phase_and_host_then_what_the_control_node_knows(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    phase = {"phase": "deploy", "passed": True, "problem": None,
+             "hosts": {"web1": {"changes": ["Switch", "Switch"], "problem": None, "report": {}},
+                       "web2": {"changes": [], "problem": None, "report": {}}}}
+    failed = {"phase": "verify", "passed": False, "problem": "web1: HTTP 503",
+              "hosts": {"web1": {"changes": [], "problem": "HTTP 503", "report": {}}}}
+    plan = {"version": "v2", "phases": [phase, failed], "already_live": None, "stale_locks": [],
+            "rollback_target": {"web1": "v1", "web2": None},
+            "backup": {"host": "db1", "set_id": "S", "pruned": ["S0"], "kept_for_rollback": ["S1"]},
+            "migrations": {"host": "web1", "status": "0001", "pending": ["0002_add_price"], "problem": ""}}
+    view = reading.plan(Outcome(ExitCode.OK, "planned", "release v2 would run 2 phases on web1, web2",
+                                data={"plan": plan}))
+    assert view.exit_code == ExitCode.OK and view.data["plan"] == plan
+    assert [line.split() for line in rendered(view)[3:]] == [["deploy", "web1", "Switch"], ["deploy", "web2", "no",
+                                                                                           "change"],
+                                                            ["verify", "web1", "FAILS:", "HTTP", "503"]]
+    assert view.text.splitlines() == [
+        "rollback target afterwards: v1 (web1), none (nothing to go back to) (web2)",
+        "backup: a new set on db1; retention would delete: S0; kept for a rollback: S1",
+        "migrations on web1: database at 0001; pending: 0002_add_price",
+        "planned: release v2 would run 2 phases on web1, web2"]
+    stopped = reading.plan(Outcome(ExitCode.ROLLED_BACK, "would-roll-back", "the release would stop: verify failed",
+                                   data={"plan": plan}))
+    assert stopped.exit_code == ExitCode.ROLLED_BACK
+    assert stopped.text.splitlines() == ["migrations on web1: database at 0001; pending: 0002_add_price",
+                                         "would-roll-back: the release would stop: verify failed"]

@@ -1,9 +1,11 @@
 """`deployctl report`: the checklist's metrics table from a history database built by hand."""
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ if str(REPO) not in sys.path:
 
 from deployctl import reading, report  # noqa: E402
 from deployctl.errors import BadInput  # noqa: E402
-from deployctl.history import History  # noqa: E402
+from deployctl.history import SCHEMA, History  # noqa: E402
 from deployctl.project import Project  # noqa: E402
 
 RELEASE_PHASES = [("lock", 1.0), ("preflight", 4.0), ("backup", 20.0), ("maintenance on", 2.0),
@@ -31,7 +33,8 @@ def add(db_path: Path, ident: str, started: str, finished: str | None, phases, d
                    (ident, environment, action, version, "alice", started, finished, outcome, exit_code,
                     json.dumps(details)))
         for seq, (name, seconds, *status) in enumerate(phases, 1):
-            db.execute("INSERT INTO phases VALUES (?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO phases (deployment_id, seq, name, status, seconds, changed_hosts, failed_hosts, "
+                       "unreachable_hosts) VALUES (?,?,?,?,?,?,?,?)",
                        (ident, seq, name, status[0] if status else "passed", seconds, "[]", "{}", "{}"))
 
 
@@ -180,3 +183,75 @@ def test_unknown_deployment(db, tmp_path):
     assert done.returncode == 2
     assert done.stdout == "" and done.stderr.strip().count("\n") == 0
     assert "unknown deployment 'DEP-nope'" in done.stderr
+
+
+def timed(phases, start="2025-01-01T12:00:00+00:00", gap=0.5):
+    """Phases with the start times the pipeline records: each `gap` seconds after the one before ended."""
+    at, timed_phases = datetime.fromisoformat(start) + timedelta(seconds=1), []
+    for name, seconds, *status in phases:
+        timed_phases.append((name, seconds, status[0] if status else "passed", at.isoformat(timespec="milliseconds")))
+        at += timedelta(seconds=seconds + gap)
+    return timed_phases
+
+
+def add_timed(db_path, ident, phases, details, **kwargs):
+    add(db_path, ident, "2025-01-01T12:00:00+00:00", "2025-01-01T12:01:00+00:00", [], details, **kwargs)
+    with sqlite3.connect(db_path) as db:
+        for seq, (name, seconds, status, started) in enumerate(phases, 1):
+            db.execute("INSERT INTO phases (deployment_id, seq, name, status, seconds, changed_hosts, failed_hosts, "
+                       "unreachable_hosts, started_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (ident, seq, name, status, seconds, "[]", "{}", "{}", started))
+
+
+FAILED_RELEASE = [("lock", 1.0), ("preflight", 4.0), ("backup", 3.0), ("stage", 2.0), ("maintenance on", 2.0),
+                  ("migrate", 3.0), ("deploy", 4.0), ("verify", 5.0, "failed"), ("stop commands", 1.0),
+                  ("rollback", 4.0), ("verify", 3.0), ("data state", 1.0), ("maintenance off", 2.0), ("unlock", 1.0)]
+
+
+def test_the_timeline_puts_each_phase_where_it_ran_and_marks_the_rollback(db):
+    add_timed(db, "DEP-T", timed(FAILED_RELEASE),
+              {"checks": {"web1": [{"check": "health", "status": "fail"}, {"check": "tcp", "status": "pass"}],
+                          "web2": [{"check": "health", "status": "pass"}]}}, outcome="rolled-back", exit_code=4)
+    line = report.timeline(report.build(History(db).get("DEP-T")))
+    bars = line["phases"]
+    assert [(b["start"], b["end"]) for b in bars[:3]] == [(1.0, 2.0), (2.5, 6.5), (7.0, 10.0)]
+    assert [b["kind"] for b in bars] == ["passed"] * 7 + ["failed"] + ["rollback"] * 6
+    on, off = bars[4], bars[12]
+    assert line["window"] == {"start": on["start"], "end": off["end"], "open": False}
+    assert line["total"] == 60.0, "the deployment's end, after the last phase"
+    assert line["verify"]["at"] is bars[7] and line["verify"]["hosts"] == {
+        "web1": {"passed": 1, "failed": 1}, "web2": {"passed": 1, "failed": 0}}
+
+
+def test_a_timeline_without_start_times_lays_the_phases_end_to_end_and_an_open_window_runs_to_the_end(db):
+    phases = [("lock", 1.0), ("maintenance on", 2.0), ("deploy", 5.0), ("rollback", 3.0, "failed")]
+    add(db, "DEP-O", "2025-01-01T12:00:00+00:00", "2025-01-01T12:00:12+00:00", phases, {},
+        outcome="needs-human", exit_code=5)
+    line = report.timeline(report.build(History(db).get("DEP-O")))
+    assert [(b["start"], b["end"], b["kind"]) for b in line["phases"]] == [
+        (0.0, 1.0, "passed"), (1.0, 3.0, "passed"), (3.0, 8.0, "passed"), (8.0, 11.0, "failed")]
+    assert line["window"] == {"start": 1.0, "end": 12.0, "open": True} and line["verify"] is None
+
+
+def test_the_web_page_fetches_nothing_and_escapes_what_it_shows(db):
+    add_timed(db, "DEP-H", timed(FAILED_RELEASE), {"message": "<script>alert(1)</script> & more",
+                                                   "checks": CHECKS}, outcome="rolled-back", exit_code=4)
+    page = report.html(report.build(History(db).get("DEP-H")))
+    assert "default-src 'none'" in page and "<script" not in page and "&lt;script&gt;alert(1)" in page
+    assert not re.search(r"(src|href)\s*=|url\(|@import|https?://(?!www\.w3\.org/2000/svg)", page)
+    assert page.count('class="phase ') == len(FAILED_RELEASE) and page.count('class="window"') == 1
+    assert page.count('class="verify ') == 2 and "Response time (p95)" in page and "&lt; 500 ms" in page
+
+
+def test_a_history_from_before_phase_start_times_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "history.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA.replace("    started_at TEXT,\n", ""))
+        old.execute("INSERT INTO deployments (id, environment, action, user, started_at) "
+                    "VALUES ('DEP-OLD', 'local', 'release', 'ada', '2025-01-01T12:00:00+00:00')")
+        old.execute("INSERT INTO phases VALUES ('DEP-OLD', 1, 'lock', 'passed', 1.0, '[]', '{}', '{}')")
+    history = History(path)
+    assert history.get("DEP-OLD").phases[0]["started_at"] is None
+    new = history.start("local", "release", "v2")
+    history.add_phase(new, "lock", "passed", 1.0, [], {}, {}, "2025-01-02T12:00:00.123+00:00")
+    assert history.get(new.id).phases[0]["started_at"] == "2025-01-02T12:00:00.123+00:00"

@@ -24,17 +24,21 @@ POLL_SECONDS = 0.02
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("answers", "index", "phase", "controller_pid"))
+    _REQUIRED_ARGS = ("answers", "index", "phase", "controller_pid")
+    _VALID_ARGS = frozenset((*_REQUIRED_ARGS, "hosts"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = self._task.args
-        missing = sorted(name for name in self._VALID_ARGS if name not in args)
+        missing = sorted(name for name in self._REQUIRED_ARGS if name not in args)
         if missing:
             raise AnsibleActionFail(f"gate needs {', '.join(missing)}")
         base = os.path.join(str(args["answers"]), f"{int(args['index']):02d}-{args['phase']}")
         controller = int(args["controller_pid"])
+        # told to deployctl through the task's result: what its progress display counts the phase's hosts against
+        if "hosts" in args:
+            result.update(phase=str(args["phase"]), hosts=list(args["hosts"] or []))
         checked = 0.0
         while True:
             if os.path.exists(base + ".stop"):

@@ -154,16 +154,19 @@ def files_problem(set_dir, manifest):
     return None
 
 
-def apply_retention(backup_dir, keep, protect=(), current=None, now=None):
+def apply_retention(backup_dir, keep, protect=(), current=None, now=None, dry_run=False):
     """Delete good sets beyond the newest ``keep``, bad sets and stale incomplete sets.
 
-    Never deletes a set listed in ``protect`` or ``current``. Returns the deleted names.
+    Never deletes a set listed in ``protect`` or ``current``. Returns the deleted names. With ``dry_run``
+    nothing is deleted: the names are those a set ``current`` not taken yet would make retention delete.
     """
     now = time.time() if now is None else now
     protect = set(protect or ())
     pruned = []
-    kept = 0
-    for m in list_sets(backup_dir):
+    sets = list_sets(backup_dir)
+    # the set about to be taken is the newest good one
+    kept = 1 if dry_run and current and all(m["set_id"] != current for m in sets) else 0
+    for m in sets:
         sid = m["set_id"]
         if sid == current or sid in protect:
             if not m.get("bad"):
@@ -172,8 +175,11 @@ def apply_retention(backup_dir, keep, protect=(), current=None, now=None):
         if not m.get("bad") and kept < keep:
             kept += 1
             continue
-        shutil.rmtree(m["path"], ignore_errors=True)
+        if not dry_run:
+            shutil.rmtree(m["path"], ignore_errors=True)
         pruned.append(sid)
+    if not os.path.isdir(backup_dir):
+        return pruned
     for name in sorted(os.listdir(backup_dir)):
         path = os.path.join(backup_dir, name)
         if name == current or name in protect or not os.path.isdir(path) or os.path.islink(path):
@@ -187,7 +193,8 @@ def apply_retention(backup_dir, keep, protect=(), current=None, now=None):
         except OSError:
             continue
         if age > INCOMPLETE_MAX_AGE:
-            shutil.rmtree(path, ignore_errors=True)
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
             pruned.append(name)
     return pruned
 

@@ -216,7 +216,8 @@ def take_set(params, hooks=None, check_mode=False):
         set_id = default_set_id(backup_dir, p["label"], now)
     set_dir = os.path.join(backup_dir, set_id)
     if check_mode:
-        return {"changed": True, "set_id": set_id, "path": set_dir, "msg": "check mode: set not taken"}
+        return {"changed": True, "set_id": set_id, "path": set_dir, "msg": "check mode: set not taken",
+                "pruned": apply_retention(backup_dir, p["keep"], p["protect"], current=set_id, dry_run=True)}
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
 
     with open_engine(p) as engine:

@@ -239,7 +239,7 @@ manifest:
   returned: when state is present, restored or verified
   type: dict
 pruned:
-  description: Set ids (and incomplete set directories) deleted by retention.
+  description: Set ids (and incomplete set directories) deleted by retention (in check mode, that it would delete).
   returned: when state is present
   type: list
   elements: str

@@ -20,6 +20,10 @@ options:
   index: {description: Position of the phase in the run., type: int, required: true}
   phase: {description: Name of the phase (as the file names spell it)., type: str, required: true}
   controller_pid: {description: Process id of the deployctl that waits for the run's events., type: int, required: true}
+  hosts:
+    description: The hosts the phase after the gate runs on, returned as they are (what deployctl's progress counts).
+    type: list
+    elements: str
 author:
   - deployctl maintainers (@deployctl)
 """
@@ -38,4 +42,6 @@ EXAMPLES = r"""
 RETURN = r"""
 skip: {description: True when deployctl does not need the phase., type: bool, returned: success}
 variables_file: {description: "The phase's variables (JSON), for include_vars.", type: str, returned: when not skipped}
+phase: {description: The phase after the gate., type: str, returned: when O(hosts) is given}
+hosts: {description: "O(hosts), as given.", type: list, elements: str, returned: when O(hosts) is given}
 """

@@ -132,7 +132,10 @@ complete:
   description: Whether C(version) is fully unpacked, from O(artifact_digest) when given.
   type: bool
   returned: when state is prepared, or staged with O(archive); with read and begun, when O(version) and O(artifact_digest) are given
-staged: {description: "The version marked complete and linked (a later deploy in the run need not stage it).", type: str, returned: when state is staged}
+staged:
+  description: "The version marked complete and linked, or in check mode to be (a later deploy in the run need not stage it)."
+  type: str
+  returned: when state is staged
 env_staged:
   description: Whether the staged release got its own copy of C(shared/.env) (O(env) given, the version not live).
   type: bool
@@ -419,18 +422,21 @@ def main():
         if not check:
             _unpack(module, params["archive"], os.path.join(record.releases_dir, params["version"]))
 
-    if state == "staged" and (not check or os.path.isdir(os.path.join(record.releases_dir, params["version"]))):
-        target = _release_dir(module, record, params["version"])
-        marker = os.path.join(target, COMPLETE_MARKER)
-        if not os.path.exists(marker):
-            changed = True
-            if not check:
-                write_atomic(marker, f"{params['version']}\n{params['artifact_digest']}\n", mode=0o644)
-        changed = _link_shared(params, target, check) or changed
+    if state == "staged":
         # the live release's .env stays the link to the shared one (a release of the live version again)
         result["env_staged"] = params["env"] is not None and record.live() != params["version"]
-        if result["env_staged"]:
-            changed = _write_env(module, params, dest=os.path.join(target, ".env")) or changed
+        if check and not os.path.isdir(os.path.join(record.releases_dir, params["version"])):
+            changed = True  # it would be unpacked, marked complete, linked and given its .env
+        else:
+            target = _release_dir(module, record, params["version"])
+            marker = os.path.join(target, COMPLETE_MARKER)
+            if not os.path.exists(marker):
+                changed = True
+                if not check:
+                    write_atomic(marker, f"{params['version']}\n{params['artifact_digest']}\n", mode=0o644)
+            changed = _link_shared(params, target, check) or changed
+            if result["env_staged"]:
+                changed = _write_env(module, params, dest=os.path.join(target, ".env")) or changed
         result["staged"] = params["version"]
 
     if state == "live":
@@ -438,7 +444,9 @@ def main():
         live = record.live()
         if params["env"]:
             changed = _write_env(module, params, save_to=params["env_save_to"]) or changed
-        if record.link:
+        if record.link and check and not os.path.isdir(os.path.join(record.releases_dir, version)):
+            target = None  # check mode: staging (in check mode too) only said it would unpack the release
+        elif record.link:
             target = _release_dir(module, record, version)
             changed = _link_shared(params, target, check) or changed
         last = next((e for e in reversed(record.entries) if e["version"] == version), None)
