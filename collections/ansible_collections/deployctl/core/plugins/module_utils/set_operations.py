@@ -61,6 +61,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams impo
     Sink,
     passphrase_file,
 )
+from ansible_collections.deployctl.core.plugins.module_utils.tool_runners import ContainerTools, HostTools
 
 STATES = ("present", "restored", "listed", "verified", "inspected", "checked", "scratch_dropped")
 ENGINE_NAMES = ("sqlite", "mysql", "postgresql")
@@ -90,6 +91,8 @@ ARGUMENT_SPEC = dict(
     scratch_database=dict(type="str"),
     force=dict(type="bool", default=False),
     missing_ok=dict(type="bool", default=False),
+    database_service=dict(type="str"),
+    compose_project=dict(type="str"),
 )
 REQUIRED_IF = [
     ("state", "present", ("engine", "database")),
@@ -132,6 +135,11 @@ def normalize_params(params):
         raise BackupError("keep must be at least 1")
     if p["credentials_file"]:
         p["credentials_file"] = os.path.abspath(os.path.expanduser(p["credentials_file"]))
+    if p["database_service"]:
+        if p["engine"] == "sqlite":
+            raise BackupError("database_service runs the tools of a database server's container: not for sqlite")
+        if not p["compose_project"]:
+            raise BackupError("database_service needs compose_project, the compose project the service belongs to")
     return p
 
 
@@ -142,7 +150,11 @@ ENGINES = {"mysql": MysqlEngine, "postgresql": PostgresEngine, "sqlite": SqliteE
 def open_engine(params):
     tmp = TempSecrets()
     try:
-        yield ENGINES[params["engine"]](params, tmp)
+        if params.get("database_service"):
+            tools = ContainerTools(params["compose_project"], params["database_service"])
+        else:
+            tools = HostTools(tmp)
+        yield ENGINES[params["engine"]](params, tools)
     finally:
         tmp.cleanup()
 

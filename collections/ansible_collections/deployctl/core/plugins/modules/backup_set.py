@@ -25,6 +25,12 @@ description:
   - Passwords are never put on a command line, in the environment of child processes, in the manifest or in
     returned values. MySQL/MariaDB clients get a temporary option file (C(--defaults-extra-file), mode 0600
     in a private 0700 directory), PostgreSQL clients a temporary pgpass file (E(PGPASSFILE)).
+  - With O(database_service) the client tools are the ones in the running container of that Docker Compose
+    service (C(docker exec -i); the container is found by its compose labels), and the dump streams through
+    this host into the set. Their credential files are written inside the container by a wrapper that reads
+    them from its stdin (umask 077, a private directory) and removes them when the tool ends, so they appear
+    on no command line, in no environment and not in C(docker inspect). A tool that only writes (the dump) is
+    stopped when C(docker exec) ends, so a killed run leaves nothing running in the container.
   - "MySQL/MariaDB: the dumper's consistent snapshot cannot be shared, so row counts and checksums are taken
     immediately before the C(--single-transaction) dump. Writes to the database while the set is taken can
     therefore produce a verification mismatch; that fails safe (the set is marked bad)."
@@ -155,6 +161,14 @@ options:
         C(missing=true)) instead of failing.
     type: bool
     default: false
+  database_service:
+    description:
+      - The Docker Compose service whose container runs the database server; its own client tools dump,
+        verify and restore. Not for V(sqlite).
+    type: str
+  compose_project:
+    description: The compose project of O(database_service) (and of O(redis.service)).
+    type: str
 notes:
   - Supports check mode. O(state=present) and O(state=restored) only report C(changed=true) in check mode.
   - O(state=verified) marks a set bad when verification fails, and marks a never-verified set verified when
