@@ -1,0 +1,7 @@
+CREATE TABLE bot_updates (
+  update_id BIGINT NOT NULL PRIMARY KEY,
+  chat_id BIGINT NOT NULL,
+  command VARCHAR(64) NOT NULL,
+  answered_by VARCHAR(64) NOT NULL,
+  created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+);
