@@ -5,6 +5,7 @@ tool's, and a tool that only writes is stopped when the stdin deployctl holds op
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -48,9 +49,17 @@ def test_the_tools_arguments_and_environment_name_the_private_directory(tmp_path
 def test_the_tools_exit_status_comes_through(tmp_path):
     preamble, argv, env = wrapper(tmp_path, "stream", {"a": "b"}, ["sh", "-c", "exit 7"])
     assert subprocess.run(argv, input=preamble, env=env).returncode == 7
-    preamble, argv, env = wrapper(tmp_path, "lifeline", {}, ["sh", "-c", "echo out; exit 5"])
-    done = subprocess.run(argv, input=preamble, capture_output=True, env=env)
-    assert (done.returncode, done.stdout) == (5, b"out\n")
+    # a writer's stdin stays open until its output ends, as pump() holds it
+    preamble, argv, env = wrapper(tmp_path, "lifeline", {}, ["sh", "-c", "sleep 0.2; echo out; exit 5"])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+    proc.stdin.write(preamble)
+    proc.stdin.flush()
+    assert proc.stdout.read() == b"out\n"
+    assert proc.wait(timeout=10) == 5  # ended before its stdin did
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+    proc.stdin.close()
+    proc.stdout.close()
 
 
 def test_missing_credentials_stop_before_the_tool_runs(tmp_path):
@@ -62,14 +71,20 @@ def test_missing_credentials_stop_before_the_tool_runs(tmp_path):
 
 def test_a_writer_stops_when_the_stdin_held_open_for_it_ends(tmp_path):
     marker = tmp_path / "still-writing"
-    preamble, argv, env = wrapper(tmp_path, "lifeline", {"a": "b"}, [
-        "sh", "-c", f'while :; do date > "{marker}"; echo line; sleep 0.1; done'])
+    # one process, like a dump (a shell loop would leave its `sleep` behind when stopped)
+    writer = ("import pathlib, sys, time\nwhile True:\n"
+              f"    pathlib.Path({str(marker)!r}).write_text(str(time.time()))\n"
+              "    sys.stdout.write('line\\n'); sys.stdout.flush(); time.sleep(0.1)")
+    preamble, argv, env = wrapper(tmp_path, "lifeline", {"a": "b"}, [sys.executable, "-c", writer])
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
     proc.stdin.write(preamble)
     proc.stdin.flush()
     assert proc.stdout.readline() == b"line\n"
     proc.stdin.close()  # what `docker exec` does to the command when it is killed
     assert proc.wait(timeout=10) != 0
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):  # nothing of it is left, not even a process to reap
+        os.killpg(proc.pid, 0)
     stamp = marker.stat().st_mtime
     time.sleep(0.5)
     assert marker.stat().st_mtime == stamp, "the writer kept running"

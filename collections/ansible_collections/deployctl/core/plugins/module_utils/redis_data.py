@@ -48,6 +48,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams impo
 from ansible_collections.deployctl.core.plugins.module_utils.tool_runners import WRAPPER, ContainerTools, HostTools
 
 RDB_FILE = "redis.rdb"
+ONEOFF_LABEL = "org.deployctl.oneoff"
 MIN_VERSION = (7, 0)
 PAUSE_MS = 10000  # the longest writes stay paused should deployctl die between PAUSE and UNPAUSE
 SNAPSHOT_ATTEMPTS = 3
@@ -246,6 +247,10 @@ class RedisData:
     def tools(self):
         return ContainerTools(self.project, self.cfg["service"]) if self.cfg["service"] else HostTools(TempSecrets())
 
+    def _label(self):
+        """What names deployctl's one-off containers (the scratch server, the put-back) of the service."""
+        return ["--label", f"{ONEOFF_LABEL}={self.project}/{self.cfg['service']}"]
+
     def container(self, running=True):
         try:
             return service_container(self.project, self.cfg["service"], running=running)
@@ -341,7 +346,7 @@ class RedisData:
                 handle.write("\n".join(conf) + "\n")
             if inside:
                 image = self.container(running=False)["image"]
-                argv = [docker_command(), "run", "--rm", "-i", "--network", "none", "--user", "0:0",
+                argv = [docker_command(), "run", "--rm", "-i", "--network", "none", "--user", "0:0", *self._label(),
                         "-v", f"{data}:{data_at}", "-v", f"{sockets}:{sockets_at}", "--entrypoint", "sh", image,
                         "-c", WRAPPER, "deployctl", "lifeline", "0", "redis-server", f"{data_at}/redis.conf"]
             else:
@@ -441,7 +446,7 @@ class RedisData:
                 config.get("appendfilename") or "appendonly.aof"]
         if self.cfg["service"]:
             container = self.container(running=False)
-            argv = [docker_command(), "run", "--rm", "-i", "--network", "none", "--user", "0:0",
+            argv = [docker_command(), "run", "--rm", "-i", "--network", "none", "--user", "0:0", *self._label(),
                     "--volumes-from", container["id"], "--entrypoint", "sh", container["image"],
                     "-c", PUT_BACK, "deployctl", *args]
         else:

@@ -97,7 +97,7 @@ class RedisConnection:
             return None if size < 0 else self._exact(size)
         if kind == b"*":
             count = int(rest)
-            return None if count < 0 else [self._reply() for _ in range(count)]
+            return None if count < 0 else [self._reply() for _element in range(count)]
         raise RedisError(f"redis at {self.where} answered something that is not RESP: {line[:80]!r}")
 
     def pipeline(self, commands):
@@ -108,7 +108,7 @@ class RedisConnection:
             self._sock.sendall(b"".join(_encode(c) for c in commands))
         except OSError as exc:
             raise RedisError(f"redis at {self.where}: {exc.strerror or exc}") from None
-        return [self._reply() for _ in commands]
+        return [self._reply() for _command in commands]
 
     def command(self, *args):
         reply = self.pipeline([args])[0]

@@ -34,7 +34,9 @@ SECRETS_TOKEN = "@SECRETS@"
 # sh -c WRAPPER deployctl MODE COUNT [env -u VAR VAR=value...] TOOL ARGS...: COUNT credential files arrive
 # first on stdin, each as its name on one line and its content on the next (backslashes doubled, newlines as
 # \n; printf %b reads them back). `read` takes a pipe byte by byte, so the rest of stdin is the tool's.
-# MODE stream: the tool reads stdin. MODE lifeline: the tool gets /dev/null, and is stopped when stdin ends.
+# MODE stream: the tool reads stdin. MODE lifeline: the tool gets /dev/null, and is stopped when stdin ends (the
+# watcher is the subshell itself, reading with the builtin: stopping it leaves no process behind to reap, which
+# matters in containers whose first process reaps nothing).
 # Directories a killed wrapper left behind (named by its pid) are removed by the next one.
 WRAPPER = r"""umask 077
 mode=$1 count=$2
@@ -66,12 +68,13 @@ if [ "$mode" = lifeline ]; then
     exec 3<&0 </dev/null
     "$@" 3<&- &
     tool=$!
-    { cat >/dev/null; kill -TERM "$tool" 2>/dev/null; } <&3 >/dev/null 2>&1 &
+    (while read -r _; do :; done <&3; kill -TERM "$tool" 2>/dev/null) &
     watcher=$!
     exec 3<&-
     wait "$tool"
     status=$?
     kill "$watcher" 2>/dev/null
+    wait "$watcher"
     exit "$status"
 fi
 "$@"
