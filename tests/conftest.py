@@ -36,6 +36,8 @@ INTEGRATION_DIRS = {"integration", "faults", "molecule", "support"}
 SLOW = (
     "tests/molecule/",
     "tests/integration/test_compose.py",
+    "tests/integration/test_container_data.py",
+    "tests/integration/test_container_release.py",
     "tests/integration/test_many_hosts.py",
     "tests/faults/test_remote.py",
     "tests/faults/test_databases.py",
