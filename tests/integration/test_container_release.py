@@ -36,8 +36,8 @@ PY
 """
 
 
-@pytest.fixture
-def stack(tmp_path):
+@pytest.fixture(scope="module")
+def stack():
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         started = subprocess.run([str(REPO / "scripts" / "start-docker")], capture_output=True, text=True)
         if started.returncode != 0:
@@ -48,6 +48,35 @@ def stack(tmp_path):
         yield services
     finally:
         services.down()
+
+
+def test_what_cannot_work_is_refused_before_anything_is_touched(stack, demo_project):
+    database, redis = stack.database_config("mysql"), stack.redis_config()
+    project = demo_project(group_vars={"deployctl_database": database, "deployctl_compose_project": stack.project,
+                                       "deployctl_redis": redis})
+    project.build("v1")
+    before = (stack.state(), stack.redis_keys())
+    cases = [
+        ({"deployctl_database": dict(database, service="nosuch")},
+         f"compose project {stack.project} has no container of service nosuch"),
+        ({"deployctl_database": dict(database, password="wrong-password")}, "Access denied for user 'app'"),
+        ({"deployctl_redis": dict(redis, password="wrong-password")}, "refused the credentials"),
+        ({"deployctl_redis": dict(redis, port=1)}, "redis at 127.0.0.1:1 cannot be reached"),
+        ({"deployctl_redis": dict(redis, service="nosuch")}, "has no container of service nosuch"),
+        ({"deployctl_redis": dict(redis, prot=1)}, "deployctl_redis.prot (did you mean deployctl_redis.port?)"),
+        ({"deployctl_database": {"engine": "none"}}, "deployctl_redis with role data goes into the database's"),
+    ]
+    for change, words in cases:
+        project.group_vars.update({"deployctl_database": database, "deployctl_redis": redis, **change})
+        project.write()
+        result = project.run("release", "v1")
+        assert result.code == 3, (change, result)
+        message = result.data["message"]
+        assert words in message and "\n" not in message, message
+        phases = [p["name"] for p in result.data["deployment"]["phases"]]
+        assert "backup" not in phases and "maintenance on" not in phases, phases
+    assert project.live() is None and not project.backups.exists()
+    assert (stack.state(), stack.redis_keys()) == before
 
 
 def test_releases_and_rollbacks_bring_back_the_database_in_its_container_and_redis(stack, demo_project, tmp_path):

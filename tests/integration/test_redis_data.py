@@ -2,6 +2,8 @@
 the snapshot, its proof in a scratch Redis, the restore with Redis stopped (with and without appendonly),
 and the refusals before anything is touched."""
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -126,8 +128,6 @@ def test_a_restored_set_is_checked_against_its_digest(tmp_path, sqlite_db, redis
     path = Path(taken["path"]) / "manifest.json"
     manifest = load_manifest(taken["path"])
     manifest["redis"]["databases"]["0"]["digest"] = "0" * 64
-    import json
-
     path.write_text(json.dumps(manifest))
     with pytest.raises(BackupError) as failed:
         run(dict(params(tmp_path, sqlite_db, redis), state="restored", set_id=taken["set_id"]))
@@ -174,3 +174,38 @@ def test_a_cache_needs_nothing_and_the_set_says_so(tmp_path, sqlite_db, redis):
     taken = run(dict(params(tmp_path, sqlite_db, redis), redis={"role": "cache"}))
     assert taken["redis"] == {"role": "cache", "msg": "redis is a cache: not backed up"}
     assert "redis" not in taken["manifest"] and not (Path(taken["path"]) / "redis.rdb").exists()
+
+
+def test_a_put_back_that_fails_leaves_redis_running_on_the_data_it_had(tmp_path, sqlite_db, redis, monkeypatch):
+    from ansible_collections.deployctl.core.plugins.module_utils import redis_data
+
+    taken = run(params(tmp_path, sqlite_db, redis))
+    redis.command("SET", "written-after", "x")
+    before = redis.dump()
+    monkeypatch.setattr(redis_data, "PUT_BACK", 'cat > /dev/null; echo "No space left on device" >&2; exit 1')
+    with pytest.raises(BackupError) as failed:
+        run(dict(params(tmp_path, sqlite_db, redis), state="restored", set_id=taken["set_id"]))
+    assert "No space left on device" in failed.value.msg and "redis runs again with the data it had" in failed.value.msg
+    assert redis.dump() == before
+
+
+def test_the_put_back_replaces_nothing_with_an_rdb_that_did_not_arrive_whole(tmp_path):
+    from ansible_collections.deployctl.core.plugins.module_utils.redis_data import PUT_BACK
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dump.rdb").write_bytes(b"the old one")
+    rdb = b"REDIS0010" + os.urandom(5000)
+
+    args = [str(data), "dump.rdb", str(len(rdb)), hashlib.sha256(rdb).hexdigest(), "yes", "appendonlydir",
+            "appendonly.aof"]
+    for sent, why in ((rdb[:-100], "arrived with 4909 of its 5009 bytes"), (rdb[:-1] + b"!", "arrived corrupted")):
+        done = subprocess.run(["sh", "-c", PUT_BACK, "deployctl", *args], input=sent, capture_output=True)
+        assert done.returncode == 1 and why in done.stderr.decode(), done.stderr
+        assert sorted(p.name for p in data.iterdir()) == ["dump.rdb"]
+        assert (data / "dump.rdb").read_bytes() == b"the old one"
+    done = subprocess.run(["sh", "-c", PUT_BACK, "deployctl", *args], input=rdb, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    aof = data / "appendonlydir"
+    assert (data / "dump.rdb").read_bytes() == rdb == (aof / "appendonly.aof.1.base.rdb").read_bytes()
+    assert (aof / "appendonly.aof.manifest").read_text() == "file appendonly.aof.1.base.rdb seq 1 type b\n"
