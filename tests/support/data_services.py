@@ -27,6 +27,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.redis_protocol impo
 
 from demo.stack.build import data_image
 from tests.support.project import free_port
+from tests.support.redis import contents
 
 DATABASE = "app"
 USER = "app"
@@ -178,23 +179,9 @@ class DataServices:
         return RedisConnection(port=self.ports["redis"], password=self.redis_password)
 
     def redis_keys(self) -> dict:
-        """Every key of every database: its type, value (sets and hashes sorted) and whether it expires."""
-        found = {}
+        """Every key of every database: its type, value and whether it expires."""
         with self.redis() as conn:
-            for line in conn.command("INFO", "keyspace").decode().splitlines():
-                if not line.startswith("db"):
-                    continue
-                db = int(line.split(":")[0][2:])
-                conn.command("SELECT", db)
-                for key in conn.command("KEYS", "*"):
-                    kind = conn.command("TYPE", key).decode()
-                    read = {"string": ["GET", key], "list": ["LRANGE", key, 0, -1], "set": ["SMEMBERS", key],
-                            "zset": ["ZRANGE", key, 0, -1, "WITHSCORES"], "hash": ["HGETALL", key],
-                            "stream": ["XRANGE", key, "-", "+"]}[kind]
-                    value = conn.command(*read)
-                    found[(db, key)] = (kind, sorted(value) if kind in ("set", "hash") else value,
-                                        conn.command("PTTL", key) >= 0)
-        return found
+            return contents(conn)
 
     def redis_file(self, name: str) -> bytes:
         return self.exec("redis", "cat", f"/data/{name}")

@@ -88,24 +88,27 @@ class RedisServer:
             return conn.command(*args)
 
     def dump(self) -> dict:
-        """Every key of every database with its type, value and whether it expires (for comparisons)."""
-        found = {}
         with self.client() as conn:
-            for line in conn.command("INFO", "keyspace").decode().splitlines():
-                if not line.startswith("db"):
-                    continue
-                db = int(line.split(":")[0][2:])
-                conn.command("SELECT", db)
-                for key in conn.command("KEYS", "*"):
-                    kind = conn.command("TYPE", key).decode()
-                    value = {"string": ["GET", key], "list": ["LRANGE", key, 0, -1], "set": ["SMEMBERS", key],
-                             "zset": ["ZRANGE", key, 0, -1, "WITHSCORES"], "hash": ["HGETALL", key],
-                             "stream": ["XRANGE", key, "-", "+"]}[kind]
-                    got = conn.command(*value)
-                    if kind in ("set", "hash"):
-                        got = sorted(got)
-                    found[(db, key)] = (kind, got, conn.command("PTTL", key) >= 0)
-        return found
+            return contents(conn)
+
+
+def contents(conn: RedisConnection) -> dict:
+    """Every key of every database: its type, value (sets and hashes sorted) and whether it expires."""
+    found = {}
+    for line in conn.command("INFO", "keyspace").decode().splitlines():
+        if not line.startswith("db"):
+            continue
+        db = int(line.split(":")[0][2:])
+        conn.command("SELECT", db)
+        for key in conn.command("KEYS", "*"):
+            kind = conn.command("TYPE", key).decode()
+            read = {"string": ["GET", key], "list": ["LRANGE", key, 0, -1], "set": ["SMEMBERS", key],
+                    "zset": ["ZRANGE", key, 0, -1, "WITHSCORES"], "hash": ["HGETALL", key],
+                    "stream": ["XRANGE", key, "-", "+"]}[kind]
+            value = conn.command(*read)
+            found[(db, key)] = (kind, sorted(value) if kind in ("set", "hash") else value,
+                                conn.command("PTTL", key) >= 0)
+    return found
 
 
 def fill(server: RedisServer, keys: int = 200) -> None:
