@@ -209,3 +209,13 @@ def test_the_put_back_replaces_nothing_with_an_rdb_that_did_not_arrive_whole(tmp
     aof = data / "appendonlydir"
     assert (data / "dump.rdb").read_bytes() == rdb == (aof / "appendonly.aof.1.base.rdb").read_bytes()
     assert (aof / "appendonly.aof.manifest").read_text() == "file appendonly.aof.1.base.rdb seq 1 type b\n"
+
+
+def test_a_set_is_verified_again_against_the_digest_it_recorded(tmp_path, sqlite_db, redis):
+    taken = run(params(tmp_path, sqlite_db, redis))
+    again = run(dict(params(tmp_path, sqlite_db, redis), state="verified", set_id=taken["set_id"]))
+    assert again["verified"] and not again["changed"]
+    # without the Redis it was taken from, nothing says where its scratch server runs: refused, not marked bad
+    with pytest.raises(BackupError, match="holds Redis data"):
+        run(dict(params(tmp_path, sqlite_db, redis), redis=None, state="verified", set_id=taken["set_id"]))
+    assert load_manifest(taken["path"])["bad"] is False

@@ -192,7 +192,7 @@ def kept_scratch_prefix(p):
 def verify_copy(engine, set_dir, manifest, key_file, keep=None, redis=None):
     """Check file hashes, restore into a scratch database and compare. Raises VerifyError. With `keep`, the
     scratch database of that name stays when the set verifies (it is dropped when it does not). Redis data
-    is loaded into a scratch Redis (`redis`: the configured one, which says where its server runs), and the
+    is loaded into a scratch Redis (`redis`: the configured one, which says where that server runs), and the
     digest of its keys recorded in the manifest, or compared with the one recorded."""
     try:
         check_set_files(set_dir, manifest, key_file)
@@ -203,7 +203,7 @@ def verify_copy(engine, set_dir, manifest, key_file, keep=None, redis=None):
         raise VerifyError(exc.msg) from exc
     problems, fallback = compare_states(manifest, actual)
     if not problems and manifest.get("redis"):
-        problems = verify_redis(redis or RedisData({}), set_dir, manifest, key_file)
+        problems = verify_redis(redis, set_dir, manifest, key_file)
     if problems:
         if keep is not None:
             engine.drop_scratch(keep)
@@ -460,7 +460,8 @@ def check_ready(params):
 
 
 def redis_to_restore(p, manifest):
-    """The configured Redis data a set's Redis snapshot goes back into; refused when there is none."""
+    """The configured Redis data a set's Redis snapshot goes back into (or is verified like); refused when there
+    is none."""
     redis = redis_of(p)
     if redis is None:
         raise BackupError(f"set {p['set_id']} holds Redis data, and no Redis with role data is configured "
@@ -489,10 +490,11 @@ def verify_set(params, check_mode=False):
     """state=verified: re-check file hashes and restore the set into a scratch database."""
     p = normalize_params(dict(params, state="verified"))
     set_dir, manifest = load_for(p)
+    redis = redis_to_restore(p, manifest) if manifest.get("redis") else None  # it says where its scratch runs
     with open_engine(p) as engine, passphrase_file(p["encryption_key"]) as key_file:
         t1 = time.monotonic()
         try:
-            fallback = verify_copy(engine, set_dir, manifest, key_file, redis=redis_of(p))
+            fallback = verify_copy(engine, set_dir, manifest, key_file, redis=redis)
         except VerifyError as exc:
             changed = not manifest.get("bad") or manifest.get("verify_error") != exc.msg
             manifest.update(verified=False, bad=True, verify_error=exc.msg)
