@@ -219,3 +219,24 @@ def test_a_set_is_verified_again_against_the_digest_it_recorded(tmp_path, sqlite
     with pytest.raises(BackupError, match="holds Redis data"):
         run(dict(params(tmp_path, sqlite_db, redis), redis=None, state="verified", set_id=taken["set_id"]))
     assert load_manifest(taken["path"])["bad"] is False
+
+
+def test_a_redis_elsewhere_or_without_config_get_is_refused(tmp_path, sqlite_db, redis, monkeypatch):
+    from ansible_collections.deployctl.core.plugins.module_utils.redis_data import RedisData
+
+    base = params(tmp_path, sqlite_db, redis)
+    redis.command("ACL", "SETUSER", "noconfig", "on", ">pw-noconfig", "~*", "+@all", "-config")
+    with pytest.raises(BackupError, match="does not answer CONFIG GET"):
+        run(dict(base, state="checked", redis=redis.config(username="noconfig", password="pw-noconfig")))
+    # a Redis whose files are on another machine: a directory this host does not have (Redis 7 protects `dir`
+    # from CONFIG SET, so the answer is what changes here)
+    real = RedisData.facts
+
+    def elsewhere(self):
+        facts = real(self)
+        facts["config"]["dir"] = str(tmp_path / "on-another-host")
+        return facts
+
+    monkeypatch.setattr(RedisData, "facts", elsewhere)
+    with pytest.raises(BackupError, match="which is not on this host"):
+        run(dict(base, state="checked"))

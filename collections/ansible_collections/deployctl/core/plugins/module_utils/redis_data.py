@@ -226,8 +226,12 @@ class RedisData:
             with self.connect() as conn:
                 server = conn.info("server")
                 role = conn.info("replication").get("role")
-                reply = conn.command("CONFIG", "GET", "dir", "dbfilename", "appendonly", "appenddirname",
-                                     "appendfilename")
+                try:
+                    reply = conn.command("CONFIG", "GET", "dir", "dbfilename", "appendonly", "appenddirname",
+                                         "appendfilename")
+                except RedisError as exc:
+                    raise BackupError(f"redis at {conn.where} does not answer CONFIG GET ({exc.msg}): deployctl "
+                                      "reads from it where the RDB and the AOF are") from None
             config = {k.decode(): v.decode("utf-8", "surrogateescape") for k, v in zip(reply[0::2], reply[1::2])}
             version = server.get("redis_version", "0")
             if version_tuple(version) < MIN_VERSION:
@@ -270,8 +274,11 @@ class RedisData:
             raise BackupError(f"{self.cfg['server_command']} (redis.server_command) is not installed: the "
                               "verification loads each snapshot into a scratch redis-server")
         path = self.rdb_path()
+        if not os.path.isdir(os.path.dirname(path)):
+            raise BackupError(f"redis keeps its RDB in {os.path.dirname(path)}, which is not on this host: Redis "
+                              "data is backed up on the db host, where Redis must run")
         if not os.access(path if os.path.exists(path) else os.path.dirname(path), os.R_OK):
-            raise BackupError(f"{path} cannot be read by {os.getuid()}: run the backup as its owner (become)")
+            raise BackupError(f"{path} cannot be read by uid {os.getuid()}: run the backup as its owner (become)")
 
     def estimate_size(self):
         with self.connect() as conn:
