@@ -146,6 +146,29 @@ def test_a_dump_stops_in_the_container_when_recovery_kills_its_docker_exec(servi
         module.wait()
 
 
+# quotes, backslashes, a colon (pgpass), shell and printf metacharacters, a literal \n and \c
+AWKWARD = "p'a\"ss\\w:$rd %s `x` \\n\\c é"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_password_of_any_characters_reaches_the_containers_tools(services, tmp_path, engine):
+    fill(services, engine, rows=10)
+    services.sql("DROP VIEW named;", engine)  # its definer is the app's user, whom another may not restore
+    quoted = AWKWARD.replace("\\", "\\\\").replace("'", "''") if engine == "mysql" else AWKWARD.replace("'", "''")
+    if engine == "mysql":
+        services.sql(f"CREATE USER IF NOT EXISTS 'odd'@'127.0.0.1' IDENTIFIED BY '{quoted}'; "
+                     "GRANT ALL ON app.* TO 'odd'@'127.0.0.1'; "
+                     "GRANT ALL ON `deployctl\\_verify\\_%`.* TO 'odd'@'127.0.0.1';", engine)
+    else:
+        services.sql(f"DROP ROLE IF EXISTS odd; CREATE ROLE odd LOGIN CREATEDB PASSWORD '{quoted}'; "
+                     "GRANT ALL ON ALL TABLES IN SCHEMA public TO odd;", engine)
+    odd = dict(params(services, tmp_path, engine), login_user="odd", login_password=AWKWARD)
+    assert run(dict(odd, state="checked")) == {"changed": False}
+    with ProcessWatch(AWKWARD) as watch:
+        taken = run(odd)
+    assert taken["verified"] and watch.found == []
+
+
 class Collected:
     """A sink that keeps what it is given."""
 
