@@ -6,8 +6,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -240,3 +243,28 @@ def test_a_redis_elsewhere_or_without_config_get_is_refused(tmp_path, sqlite_db,
     monkeypatch.setattr(RedisData, "facts", elsewhere)
     with pytest.raises(BackupError, match="which is not on this host"):
         run(dict(base, state="checked"))
+
+
+def test_a_restore_killed_while_redis_is_stopped_leaves_it_to_the_next_call_to_start(tmp_path, sqlite_db, redis):
+    base = params(tmp_path, sqlite_db, redis)
+    taken = run(base)
+    before = redis.dump()
+    script = ("import json, sys; from ansible_collections.deployctl.core.plugins.module_utils import redis_data; "
+              "from ansible_collections.deployctl.core.plugins.module_utils.set_operations import run; "
+              "redis_data.PUT_BACK = 'sleep 60'; run(json.loads(sys.argv[1]))")
+    restore = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(dict(base, state="restored", set_id=taken["set_id"]))],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "collections")),
+        start_new_session=True)
+    deadline = time.time() + 60
+    while redis.pid() is not None:
+        assert restore.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(restore.pid, signal.SIGKILL)  # deployctl dies while Redis is stopped
+    restore.wait()
+    assert redis.pid() is None and (tmp_path / "sets" / ".redis-stopped-for-restore").exists()
+    assert [s["set_id"] for s in run(dict(base, state="listed"))["sets"]] == [taken["set_id"]]
+
+    assert run(dict(base, state="checked")) == {"changed": False}  # the next call starts it first
+    assert redis.pid() is not None and redis.dump() == before
+    assert not (tmp_path / "sets" / ".redis-stopped-for-restore").exists()

@@ -39,6 +39,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.compose_containers 
     docker_command,
     service_container,
 )
+from ansible_collections.deployctl.core.plugins.module_utils.files import utc_stamp, write_atomic
 from ansible_collections.deployctl.core.plugins.module_utils.redis_protocol import (
     RedisConnection,
     RedisError,
@@ -49,6 +50,8 @@ from ansible_collections.deployctl.core.plugins.module_utils.tool_runners import
 
 RDB_FILE = "redis.rdb"
 ONEOFF_LABEL = "org.deployctl.oneoff"
+# in the backup directory while a restore has Redis stopped
+STOPPED_MARKER = ".redis-stopped-for-restore"
 MIN_VERSION = (7, 0)
 PAUSE_MS = 10000  # the longest writes stay paused should deployctl die between PAUSE and UNPAUSE
 SNAPSHOT_ATTEMPTS = 3
@@ -461,12 +464,24 @@ class RedisData:
         with source.stream() as src:
             run_with_stdin(argv, src, f"putting the RDB back into {config['dir']}")
 
-    def restore(self, source, plain, recorded):
+    def started_again(self, backup_dir):
+        """Start Redis when a restore stopped it and did not live to start it (killed, its host lost): the
+        marker it left in `backup_dir` says so. Returns whether it did; every call that needs Redis asks first."""
+        marker = os.path.join(backup_dir, STOPPED_MARKER)
+        if not os.path.exists(marker):
+            return False
+        self._start()
+        os.unlink(marker)
+        return True
+
+    def restore(self, source, plain, recorded, backup_dir):
         """Stop Redis, put the set's RDB (`source`, whose plaintext is `plain`: size, sha256) in place, start it
         and check it holds what `recorded` says (the set's manifest entry)."""
         self.facts()
         if self.cfg["service"]:
             self.container()
+        marker = os.path.join(backup_dir, STOPPED_MARKER)
+        write_atomic(marker, f"redis stopped for a restore at {utc_stamp()}\n", mode=0o600)
         self._stop()
         try:
             self._put_back(source, plain)
@@ -475,8 +490,10 @@ class RedisData:
                 self._start()
             except BackupError as down:
                 raise BackupError(f"{exc.msg}; and redis, stopped for it, did not start again: {down.msg}") from None
+            os.unlink(marker)
             raise BackupError(f"{exc.msg}; redis runs again with the data it had") from None
         self._start()
+        os.unlink(marker)
         with self.connect() as conn:
             problems = loaded_problems(conn, recorded.get("saved") or {})
             if recorded.get("databases") is not None:

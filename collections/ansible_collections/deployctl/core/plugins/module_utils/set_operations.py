@@ -152,11 +152,14 @@ def normalize_params(params):
 
 
 def redis_of(p):
-    """The Redis whose data the sets hold (None: there is none, or it is a cache)."""
+    """The Redis whose data the sets hold (None: there is none, or it is a cache), running: started again when
+    a restore stopped it and did not live to start it."""
     config = p.get("redis") or {}
     if not config or config.get("role", "data") != "data":
         return None
-    return RedisData(config, p.get("compose_project"))
+    redis = RedisData(config, p.get("compose_project"))
+    redis.started_again(p["backup_dir"])
+    return redis
 
 
 ENGINES = {"mysql": MysqlEngine, "postgresql": PostgresEngine, "sqlite": SqliteEngine}
@@ -397,7 +400,7 @@ def take_set(params, hooks=None, check_mode=False):
 
 def redis_summary(p, manifest):
     """What the set holds of the configured Redis: its keys, or nothing for a cache."""
-    if redis_of(p) is None:
+    if not manifest.get("redis"):
         return {"role": "cache", "msg": "redis is a cache: not backed up"}
     saved = manifest["redis"]["saved"]
     keys = sum(db["keys"] for db in saved.values())
@@ -554,7 +557,7 @@ def restore_set(params, check_mode=False):
         if redis:
             info = manifest["files"][RDB_FILE]
             plain = {"size": info.get("plain_size", info["size"]), "sha256": info.get("plain_sha256", info["sha256"])}
-            redis.restore(source_of(set_dir, manifest, RDB_FILE, key_file), plain, manifest["redis"])
+            redis.restore(source_of(set_dir, manifest, RDB_FILE, key_file), plain, manifest["redis"], p["backup_dir"])
     problems, fallback = compare_states(manifest, actual)
     if problems:
         raise BackupError(
