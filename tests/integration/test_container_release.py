@@ -42,7 +42,7 @@ def stack():
         started = subprocess.run([str(REPO / "scripts" / "start-docker")], capture_output=True, text=True)
         if started.returncode != 0:
             pytest.skip(f"no Docker engine: {started.stderr.strip()}")
-    services = DataServices(Path("/tmp") / f"dcdata-{uuid.uuid4().hex[:8]}", "db", "redis")
+    services = DataServices(Path("/tmp") / f"dcdata-{uuid.uuid4().hex[:8]}", "db", "postgres", "redis")
     try:
         services.up()
         yield services
@@ -79,32 +79,41 @@ def test_what_cannot_work_is_refused_before_anything_is_touched(stack, demo_proj
     assert (stack.state(), stack.redis_keys()) == before
 
 
-def test_releases_and_rollbacks_bring_back_the_database_in_its_container_and_redis(stack, demo_project, tmp_path):
-    # deployctl's own database user, so that its password is deployctl's alone (the app has its own)
-    deploy_password = "deploy-" + secrets.token_hex(12)
-    stack.sql(f"""CREATE USER 'deploy'@'127.0.0.1' IDENTIFIED BY '{deploy_password}';
-GRANT ALL ON app.* TO 'deploy'@'127.0.0.1';
-GRANT ALL ON `deployctl\\_verify\\_%`.* TO 'deploy'@'127.0.0.1';""")
+def containers_project(stack, demo_project, tmp_path, database):
+    """The demo app on the stack's database (`database`: deployctl_database) and Redis as data, v1 to v3 built:
+    v2 migrates, v3 migrates further and fails its health check. Its migrate command also marks in Redis that
+    the release migrated."""
     password_file = tmp_path / "redis-password"
     password_file.write_text(stack.redis_password)
     password_file.chmod(0o600)
     migrate = tmp_path / "migrate-and-mark"
     migrate.write_text(MIGRATE.format(password_file=password_file, port=stack.ports["redis"]))
     migrate.chmod(0o755)
-    database = stack.database_config("mysql", user="deploy", password=deploy_password)
     project = demo_project(group_vars={
         "deployctl_database": database,
         "deployctl_compose_project": stack.project,
         "deployctl_redis": stack.redis_config(),
         "deployctl_migrate_command": str(migrate),
     })
+    scheme = database["engine"]
     project.group_vars["deployctl_env"].update(
-        DEMO_DATABASE_URL=f"mysql://app@127.0.0.1:{database['port']}/app", DEMO_DATABASE_PASSWORD=stack.password)
+        DEMO_DATABASE_URL=f"{scheme}://app@127.0.0.1:{database['port']}/app", DEMO_DATABASE_PASSWORD=stack.password)
     project.write()
     project.build("v1")
     add_price = "add_price:ALTER TABLE items ADD COLUMN price INTEGER"
     project.build("v2", migrations=[add_price])
     project.build("v3", broken="health", migrations=[add_price, "add_note:ALTER TABLE items ADD COLUMN note TEXT"])
+    return project
+
+
+def test_releases_and_rollbacks_bring_back_the_database_in_its_container_and_redis(stack, demo_project, tmp_path):
+    # deployctl's own database user, so that its password is deployctl's alone (the app has its own)
+    deploy_password = "deploy-" + secrets.token_hex(12)
+    stack.sql(f"""CREATE USER 'deploy'@'127.0.0.1' IDENTIFIED BY '{deploy_password}';
+GRANT ALL ON app.* TO 'deploy'@'127.0.0.1';
+GRANT ALL ON `deployctl\\_verify\\_%`.* TO 'deploy'@'127.0.0.1';""")
+    project = containers_project(stack, demo_project, tmp_path,
+                                 stack.database_config("mysql", user="deploy", password=deploy_password))
     secrets_ = (deploy_password, stack.redis_password)
 
     first = project.run("release", "v1")
@@ -154,3 +163,24 @@ GRANT ALL ON `deployctl\\_verify\\_%`.* TO 'deploy'@'127.0.0.1';""")
     for secret in secrets_:
         assert secret not in stack.inspect()
         assert secret not in first.stdout + first.stderr + third.stdout + third.stderr + back.stdout + back.stderr
+
+
+def test_a_failed_release_brings_back_postgresql_in_its_container_and_redis(stack, demo_project, tmp_path):
+    """The same with PostgreSQL (deployctl as the app's user, the owner a restore recreates the database as;
+    its password's absence from the process list is proven in test_container_data)."""
+    project = containers_project(stack, demo_project, tmp_path, stack.database_config("postgresql"))
+    assert project.run("release", "v1").code == 0
+    stack.sql("INSERT INTO items (id, name) VALUES (10, 'written by a user')", "postgresql")
+    stack.redis().command("SET", "written-by-a-user", "1")
+    second = project.run("release", "v2")
+    assert second.code == 0, second
+    stack.wait_sessions_gone()
+    before_v3 = (stack.state("postgresql"), stack.redis_keys())
+
+    third = project.run("release", "v3")
+    assert third.code == 4, third
+    details = third.data["deployment"]["details"]
+    assert details["restored_set"] == details["backup_set"]
+    stack.wait_redis()
+    assert (stack.state("postgresql"), stack.redis_keys()) == before_v3
+    assert project.served_version() == "v2"
