@@ -98,8 +98,8 @@ def _log(message: str) -> None:
     print(f"images: {message}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str], *, stdin=None, env: dict | None = None, what: str | None = None) -> str:
-    proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True,
+def _run(argv: list[str], *, env: dict | None = None, what: str | None = None) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True,
                           env=dict(os.environ, **(env or {})))
     if proc.returncode != 0:
         output = (proc.stderr.strip() or proc.stdout.strip())[-3000:]
@@ -250,6 +250,10 @@ def base_image(packages: Iterable[str], suite: str = DEFAULT_SUITE, *, setup: st
             _import(tarball, tag, inputs)
             _log(f"{tag}: imported from {tarball} in {time.monotonic() - started:.1f} s")
             return tag
+        # what a build that was killed left (its mounts ended with it): nobody else builds this base now
+        for stale in cache.glob(f"build-{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        (cache / f"{name}.tar.partial").unlink(missing_ok=True)
         _log(f"{tag}: building with debootstrap ({suite}, {len(inputs['packages'])} packages); takes minutes")
         work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=cache))
         try:

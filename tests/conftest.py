@@ -26,6 +26,7 @@ for path in (REPO, REPO / "collections"):
 
 from tests.support.databases import database, use_database  # noqa: E402
 from tests.support.project import DemoProject  # noqa: E402
+from tests.support.telegram import FakeBotAPI  # noqa: E402
 
 UNIT_DIRS = {"unit"}
 INTEGRATION_DIRS = {"integration", "faults", "molecule", "support"}
@@ -38,6 +39,7 @@ SLOW = (
     "tests/integration/test_compose.py",
     "tests/integration/test_container_data.py",
     "tests/integration/test_container_release.py",
+    "tests/integration/test_seed_stack.py",
     "tests/integration/test_many_hosts.py",
     "tests/faults/test_remote.py",
     "tests/faults/test_databases.py",
@@ -126,6 +128,14 @@ def demo_project(tmp_path):
     yield make
     for project in projects:
         project.stop()
+
+
+@pytest.fixture
+def bot_api():
+    """The local stand-in of the Telegram Bot API (tests/support/telegram.py), on a port of its own."""
+    api = FakeBotAPI()
+    yield api
+    api.close()
 
 
 @pytest.fixture

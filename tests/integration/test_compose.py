@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from demo.compose.build import build_image, remove_images  # noqa: E402
+from tests.support.compose import containers, remove_containers  # noqa: E402
+from tests.support.prober import Prober  # noqa: E402
 
 DEPLOYCTL = [str(Path(sys.executable).parent / "deployctl")]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -157,19 +158,7 @@ class ComposeProject:
 
     def containers(self) -> list[dict]:
         """Every container of the stack: {project, service, tag, running, health}."""
-        ids = [line.split()[0] for line in docker(
-            "ps", "-a", "--filter", "label=com.docker.compose.project",
-            "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}').splitlines()
-            if line.split()[1:] and line.split()[1] in self.projects()]
-        found = []
-        for item in json.loads(docker("inspect", *ids)) if ids else []:
-            labels = item["Config"]["Labels"]
-            found.append({"project": labels["com.docker.compose.project"],
-                          "service": labels["com.docker.compose.service"],
-                          "tag": item["Config"]["Image"].rsplit(":", 1)[-1],
-                          "running": item["State"]["Status"] == "running",
-                          "health": (item["State"].get("Health") or {}).get("Status")})
-        return found
+        return containers(self.projects())
 
     def running(self, service: str) -> list[dict]:
         return [c for c in self.containers() if c["service"] == service and c["running"]]
@@ -200,12 +189,7 @@ class ComposeProject:
         return sorted(t for t in docker("image", "ls", "--format", "{{.Tag}}", self.name).split() if t != "<none>")
 
     def cleanup(self) -> None:
-        ids = [line.split()[0] for line in docker(
-            "ps", "-a", "--filter", "label=com.docker.compose.project",
-            "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}', check=False).splitlines()
-            if line.split()[1:] and line.split()[1] in self.projects()]
-        if ids:
-            docker("rm", "-f", *ids, check=False)
+        remove_containers(self.projects())
         for project in self.projects():
             docker("network", "rm", f"{project}_default", check=False)
         remove_images(self.name)
@@ -278,36 +262,6 @@ http {{
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-class Prober(threading.Thread):
-    """Hits a URL many times a second; counts the requests that did not answer 200 with a version."""
-
-    def __init__(self, url: str, versions: set[str]):
-        super().__init__(daemon=True)
-        self.url, self.versions = url, versions
-        self.stopping = threading.Event()
-        self.requests = 0
-        self.failures: list[str] = []
-        self.seen: dict[str, int] = {}
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            self.requests += 1
-            try:
-                status, body = http_get(self.url, timeout=5)
-                body = body.strip()
-                if status != 200 or body not in self.versions:
-                    self.failures.append(f"{status} {body[:60]!r}")
-                else:
-                    self.seen[body] = self.seen.get(body, 0) + 1
-            except Exception as exc:  # refused, reset, timed out
-                self.failures.append(f"{exc.__class__.__name__}: {exc}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
 
 
 # --------------------------------------------------------------------------- tests

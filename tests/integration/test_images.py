@@ -84,6 +84,10 @@ def test_concurrent_processes_build_a_base_once_then_reuse_it(tmp_path, base, ca
 def test_a_failed_build_leaves_no_image_and_no_tarball(tmp_path, base, monkeypatch):
     setup, tag = base
     cache = tmp_path / "cache"
+    name = tag.split(":")[1]
+    # what a build killed before it could clean up left: removed by the next build of that base
+    (cache / f"build-{name}-killed" / "rootfs" / "usr").mkdir(parents=True)
+    (cache / f"{name}.tar.partial").write_bytes(b"half a tarball")
 
     def broken(rootfs, inputs, mirror, debs):
         rootfs.mkdir(parents=True)
@@ -93,7 +97,7 @@ def test_a_failed_build_leaves_no_image_and_no_tarball(tmp_path, base, monkeypat
     with pytest.raises(images.ImageError, match="Unable to locate package"):
         images.base_image(["busybox-static"], setup=setup, cache_dir=cache)
     assert not images.image_exists(tag)
-    assert [p.name for p in cache.iterdir()] == [f"{tag.split(':')[1]}.lock"]
+    assert [p.name for p in cache.iterdir()] == [f"{name}.lock"]
 
 
 def test_a_service_image_is_a_thin_layer_on_the_base(tmp_path, base, monkeypatch):

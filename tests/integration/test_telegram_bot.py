@@ -6,14 +6,7 @@ The Bot API is a local stand-in (tests/support/telegram.py) answering with the r
 
 import pytest
 
-from tests.support.telegram import HOOK, SECRET, TOKEN, FakeBotAPI, configure
-
-
-@pytest.fixture
-def bot_api():
-    api = FakeBotAPI()
-    yield api
-    api.close()
+from tests.support.telegram import HOOK, SECRET, TOKEN, configure
 
 
 @pytest.fixture

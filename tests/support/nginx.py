@@ -51,8 +51,9 @@ class Nginx:
             "deployctl_maintenance_nginx_reload_command": self.command("-s", "reload"),
         }
 
-    def start(self, app_location: str) -> None:
-        """Start nginx with `app_location` as the directives of `location / { }`; RuntimeError if it does not."""
+    def start(self, app_location: str, http_directives: str = "") -> None:
+        """Start nginx with `app_location` as the directives of `location / { }` (and `http_directives` in
+        `http { }`, e.g. the include of an upstream block); RuntimeError if it does not."""
         temp = self.prefix / "tmp"
         temp.mkdir(parents=True, exist_ok=True)
         (self.prefix / "logs").mkdir(exist_ok=True)  # nginx opens its default error log before it reads nginx.conf
@@ -74,6 +75,7 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     include {self.http_snippet};
+    {http_directives}
     server {{
         listen 127.0.0.1:{self.port};
         include {self.server_snippet};
