@@ -283,6 +283,7 @@ def test_redis_in_its_container_is_snapshotted_verified_and_put_back(services, t
     fill_redis(services)
     before = services.redis_keys()
     owner = services.exec("redis", "stat", "-c", "%U:%G %a", "/data").decode().split()[0]
+    since = subprocess.run(["date", "+%s"], capture_output=True, text=True, check=True).stdout.strip()
     with ProcessWatch(services.redis_password) as watch:
         taken = run(redis_params(services, tmp_path))
     assert taken["verified"] and taken["redis"]["keys"] == 504
@@ -307,11 +308,16 @@ def test_redis_in_its_container_is_snapshotted_verified_and_put_back(services, t
     assert watch.found == [] and watch2.found == []
     assert services.redis_password not in services.inspect()
     assert files_containing(tmp_path, services.redis_password) == []
-    # the scratch Redis ran in a container of the service's image; no scratch or put-back container is left
-    assert ("redis-server", True) in watch.commands
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.deployctl.oneoff={services.project}/redis"],
-                          capture_output=True, text=True, check=True).stdout
-    assert left.strip() == ""
+    # the scratch Redis and the put-back ran in one-off containers of the service's image, and none is left
+    label = f"label=org.deployctl.oneoff={services.project}/redis"
+    events = subprocess.run(["docker", "events", "--since", since, "--until", str(int(time.time()) + 1), "--filter",
+                             label, "--filter", "event=start", "--format", "{{.From}}"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    image = subprocess.run(["docker", "inspect", "--format", "{{.Image}}", services.container("redis")],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert events == [image, image], (events, image)
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True, text=True, check=True)
+    assert left.stdout.strip() == ""
 
 
 def test_redis_refusals_before_anything_is_touched(services, tmp_path):

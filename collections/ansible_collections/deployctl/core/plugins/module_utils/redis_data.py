@@ -280,8 +280,10 @@ class RedisData:
         if not os.path.isdir(os.path.dirname(path)):
             raise BackupError(f"redis keeps its RDB in {os.path.dirname(path)}, which is not on this host: Redis "
                               "data is backed up on the db host, where Redis must run")
-        if not os.access(path if os.path.exists(path) else os.path.dirname(path), os.R_OK):
-            raise BackupError(f"{path} cannot be read by uid {os.getuid()}: run the backup as its owner (become)")
+        if not os.access(path if os.path.exists(path) else os.path.dirname(path), os.R_OK) or \
+                not os.access(os.path.dirname(path), os.W_OK):
+            raise BackupError(f"{path} cannot be read, or its directory written, by uid {os.getuid()}: back up "
+                              "and restore as its owner (become)")
 
     def estimate_size(self):
         with self.connect() as conn:
