@@ -25,9 +25,6 @@ class ProcessWatch:
         self.interval = interval
         self.found: list[tuple[int, str, str]] = []
         self.seen = 0
-        # (program, whether it ran in another mount namespace than this process: in a container)
-        self.commands: set[tuple[str, bool]] = set()
-        self._own_namespace = os.readlink("/proc/self/ns/mnt")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -38,13 +35,6 @@ class ProcessWatch:
                     continue
                 for where in ("cmdline", "environ"):
                     data = _read(f"/proc/{name}/{where}")
-                    if where == "cmdline" and data:
-                        try:
-                            elsewhere = os.readlink(f"/proc/{name}/ns/mnt") != self._own_namespace
-                        except OSError:
-                            continue
-                        program = os.path.basename(data.split(b"\0", 1)[0].decode(errors="replace"))
-                        self.commands.add((program, elsewhere))
                     if any(secret in data for secret in self.secrets):
                         self.found.append((int(name), where, data.replace(b"\0", b" ").decode(errors="replace")))
             self.seen += 1
