@@ -1017,6 +1017,8 @@ class Pipeline:
                                                  "deployctl_live_version": ",".join(live)})
         taken = next(iter(result.report("backup").values()), None)
         if taken:
+            if taken.get("redis"):
+                self.output.progress(taken["redis"]["msg"])
             self._note(run, backup_set=taken.get("set_id"), data_before=taken.get("data"),
                        **({"scratch_database": taken["scratch_database"]} if taken.get("scratch_database") else {}))
         return result

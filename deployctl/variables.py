@@ -1,7 +1,8 @@
 """The variables deployctl's playbooks and roles read. An inventory variable named `deployctl_...` that none
 of them reads is a typo (`deployctl_migrate_comand` would silently skip the migrations): preflight refuses
 it, naming the variable it probably meant. The same holds for the keys of `deployctl_database` (`hots:` would
-send the backups to the default host): they are known as `deployctl_database.<key>`."""
+send the backups to the default host) and of `deployctl_redis`: they are known as `deployctl_database.<key>` and
+`deployctl_redis.<key>`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 from pathlib import Path
 
 NAME = re.compile(r"\bdeployctl_[a-z0-9_]+\b")
-DATABASE_KEY = re.compile(r"\bdeployctl_database\.[a-z_]+\b")
+DATABASE_KEY = re.compile(r"\bdeployctl_(?:database|redis)\.[a-z_]+\b")
 
 
 @functools.cache

@@ -39,6 +39,8 @@ SLOW = (
     "tests/integration/test_compose.py",
     "tests/integration/test_compose_ship.py",
     "tests/integration/test_init.py",
+    "tests/integration/test_container_data.py",
+    "tests/integration/test_container_release.py",
     "tests/integration/test_seed_stack.py",
     "tests/integration/test_many_hosts.py",
     "tests/faults/test_remote.py",

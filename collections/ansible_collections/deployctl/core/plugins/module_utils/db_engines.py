@@ -18,9 +18,9 @@ def sorted_objects(objects):
 class Engine:
     name = None
 
-    def __init__(self, params, tmp):
+    def __init__(self, params, tools):
         self.p = params
-        self.tmp = tmp
+        self.tools = tools  # where the client tools run (tool_runners)
         self.database = params["database"]
 
     def close(self):

@@ -10,14 +10,11 @@ import contextlib
 import os
 import secrets as _random
 
-from ansible_collections.deployctl.core.plugins.module_utils import processes
 from ansible_collections.deployctl.core.plugins.module_utils.backup_common import (
     BackupError,
     check_credentials_file,
-    which,
 )
 from ansible_collections.deployctl.core.plugins.module_utils.db_engines import Engine, empty_objects, sorted_objects
-from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams import pump, run_with_stdin
 
 
 def _my_ident(name):
@@ -36,10 +33,10 @@ def _my_opt_value(value):
 class MysqlEngine(Engine):
     name = "mysql"
 
-    def __init__(self, params, tmp):
-        super().__init__(params, tmp)
-        self.client = which(("mariadb", "mysql"))
-        self.dumper = which(("mariadb-dump", "mysqldump"))
+    def __init__(self, params, tools):
+        super().__init__(params, tools)
+        self.client = tools.which(("mariadb", "mysql"))
+        self.dumper = tools.which(("mariadb-dump", "mysqldump"))
         parts = []
         if params["credentials_file"]:
             check_credentials_file(params["credentials_file"])
@@ -54,7 +51,7 @@ class MysqlEngine(Engine):
         ):
             if params[key] is not None:
                 parts.append(f"{opt}={_my_opt_value(params[key])}")
-        self.defaults = tmp.write("client.cnf", "\n".join(parts) + "\n")
+        self.defaults = tools.secret_file("client.cnf", "\n".join(parts) + "\n")
 
     def _argv(self, binary):
         # --defaults-extra-file must be the first argument
@@ -69,7 +66,7 @@ class MysqlEngine(Engine):
         ]
         if db is not None:
             argv.append("--database=" + db)
-        res = processes.run(argv, input=sql.encode("utf-8"))
+        res = self.tools.run(argv, input=sql.encode("utf-8"))
         if res.returncode != 0:
             err = res.stderr.decode("utf-8", "replace").strip()
             raise BackupError(f"mysql query failed (exit {res.returncode}): {err}")
@@ -213,19 +210,19 @@ class MysqlEngine(Engine):
         if self._is_oracle_mysqldump():
             argv.append("--set-gtid-purged=OFF")
         argv.append(self.database)
-        pump(argv, sink, os.path.basename(self.dumper))
+        self.tools.pump(argv, sink, os.path.basename(self.dumper))
         return state
 
     def _is_oracle_mysqldump(self):
         if "mariadb" in os.path.basename(self.dumper):
             return False
-        res = processes.run([self.dumper, "--version"])
+        res = self.tools.run([self.dumper, "--version"])
         return b"mariadb" not in res.stdout.lower()
 
     def _load(self, source, db):
         argv = self._argv(self.client) + ["--default-character-set=utf8mb4", "--database=" + db]
         with source.stream() as src:
-            run_with_stdin(argv, src, f"loading the dump into {db}")
+            self.tools.feed(argv, src, f"loading the dump into {db}")
 
     def scratch_state(self, source, manifest, keep=None):
         scratch = keep or self.p["scratch_prefix"] + _random.token_hex(6)

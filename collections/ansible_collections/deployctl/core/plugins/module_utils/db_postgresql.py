@@ -7,28 +7,21 @@ Standard library only: runs on the managed hosts (Python 3.8+)."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import secrets as _random
 import subprocess
 import tempfile
 import threading
 
-from ansible_collections.deployctl.core.plugins.module_utils import processes
 from ansible_collections.deployctl.core.plugins.module_utils.backup_common import (
     BackupError,
     check_credentials_file,
     read_tail,
-    which,
 )
 from ansible_collections.deployctl.core.plugins.module_utils.db_engines import (
     Engine,
     empty_objects,
     sorted_objects,
-)
-from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams import (
-    pump,
-    run_with_stdin,
 )
 
 PG_SESSION_SETTINGS = (
@@ -58,7 +51,7 @@ class _PsqlSession:
 
     def __init__(self, engine, db):
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self._proc = processes.popen(
+        self._proc = engine.tools.session(
             engine.psql_argv(db),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -170,25 +163,24 @@ class PostgresEngine(Engine):
     name = "postgresql"
     maintenance_db = "postgres"
 
-    def __init__(self, params, tmp):
-        super().__init__(params, tmp)
-        for tool in ("psql", "pg_dump", "pg_restore"):
-            which((tool,))
-        env = dict(os.environ)
-        env.pop("PGPASSWORD", None)
-        env.update({"PGCLIENTENCODING": "UTF8", "PGAPPNAME": "deployctl", "PGCONNECT_TIMEOUT": "30"})
+    def __init__(self, params, tools):
+        super().__init__(params, tools)
+        self.psql, self.pg_dump, self.pg_restore = (tools.which((tool,)) for tool in ("psql", "pg_dump", "pg_restore"))
+        # over the caller's environment (None: removed from it)
+        env = {"PGPASSWORD": None, "PGCLIENTENCODING": "UTF8", "PGAPPNAME": "deployctl", "PGCONNECT_TIMEOUT": "30"}
         for var, key in (("PGHOST", "login_host"), ("PGPORT", "login_port"), ("PGUSER", "login_user")):
             if params[key] is not None:
                 env[var] = str(params[key])
         cred = params["credentials_file"]
         if cred:
             check_credentials_file(cred)
-        if params["login_password"] is not None:
-            content = "*:*:*:*:{}\n".format(_pgpass_field(params["login_password"]))
+        if params["login_password"] is not None or (cred and tools.container):
+            content = "*:*:*:*:{}\n".format(_pgpass_field(params["login_password"])) \
+                if params["login_password"] is not None else ""
             if cred:
                 with open(cred, encoding="utf-8") as fh:
                     content += fh.read()
-            env["PGPASSFILE"] = tmp.write("pgpass", content)
+            env["PGPASSFILE"] = tools.secret_file("pgpass", content)
         elif cred:
             env["PGPASSFILE"] = cred
         self.env = env
@@ -196,7 +188,7 @@ class PostgresEngine(Engine):
 
     def psql_argv(self, db):
         return [
-            which(("psql",)),
+            self.psql,
             "-X",
             "-q",
             "-A",
@@ -209,9 +201,7 @@ class PostgresEngine(Engine):
         ]
 
     def query(self, sql, db=None):
-        res = processes.run(
-            self.psql_argv(db or self.database), input=sql.encode("utf-8"), env=self.env
-        )
+        res = self.tools.run(self.psql_argv(db or self.database), input=sql.encode("utf-8"), env=self.env)
         if res.returncode != 0:
             err = res.stderr.decode("utf-8", "replace").strip()
             raise BackupError(f"psql failed (exit {res.returncode}): {err}")
@@ -285,14 +275,14 @@ class PostgresEngine(Engine):
             # counts and checksums inside the exported snapshot; the locks taken here are held until COMMIT
             state = self._inspect_session(session)
             argv = [
-                which(("pg_dump",)),
+                self.pg_dump,
                 "-w",
                 "-Fc",
                 "--snapshot=" + snapshot,
                 "-d",
                 _pg_conninfo(self.database),
             ]
-            pump(argv, sink, "pg_dump", env=self.env)
+            self.tools.pump(argv, sink, "pg_dump", env=self.env)
             session.run("COMMIT;")
             return state
         finally:
@@ -322,9 +312,9 @@ class PostgresEngine(Engine):
             )
 
     def _pg_restore(self, source, args, what):
-        argv = [which(("pg_restore",)), "-w", "--exit-on-error"] + args
+        argv = [self.pg_restore, "-w", "--exit-on-error"] + args
         with source.stream() as src:
-            run_with_stdin(argv, src, what, env=self.env)
+            self.tools.feed(argv, src, what, env=self.env)
 
     def scratch_state(self, source, manifest, keep=None):
         scratch = keep or self.p["scratch_prefix"] + _random.token_hex(6)

@@ -52,8 +52,8 @@ def _sqlite_value(v):
 class SqliteEngine(Engine):
     name = "sqlite"
 
-    def __init__(self, params, tmp):
-        super().__init__(params, tmp)
+    def __init__(self, params, tools):
+        super().__init__(params, tools)
         self.database = os.path.abspath(os.path.expanduser(params["database"]))
 
     def _require_live(self):

@@ -168,12 +168,18 @@ class Sink:
             self._err = None
 
 
-def pump(argv, sink, what, env=None):
-    """Run a dump command and stream its stdout into ``sink``."""
+def pump(argv, sink, what, env=None, lifeline=None):
+    """Run a dump command and stream its stdout into ``sink``. ``lifeline``: bytes written to the command's
+    stdin, which then stays open until the output ends (a command in a container stops when it closes)."""
     errf = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
     try:
-        proc = processes.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, env=env)
+        proc = processes.popen(argv, stdin=subprocess.DEVNULL if lifeline is None else subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=errf, env=env)
         try:
+            if lifeline is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.write(lifeline)
+                    proc.stdin.flush()
             while True:
                 chunk = proc.stdout.read(CHUNK)
                 if not chunk:
@@ -185,6 +191,9 @@ def pump(argv, sink, what, env=None):
             raise
         finally:
             proc.stdout.close()
+            if proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
         rc = proc.wait()
         if rc != 0:
             err = read_tail(errf)
@@ -264,10 +273,27 @@ def openssl_reason(err):
     return lines[0] if lines else "no error output"
 
 
-def run_with_stdin(argv, src, what, env=None):
-    """Run ``argv`` reading ``src`` (a file object) on stdin; raise BackupError on failure."""
+def run_with_stdin(argv, src, what, env=None, preamble=None):
+    """Run ``argv`` reading ``src`` (a file object) on stdin, after ``preamble`` (bytes) when given; raise
+    BackupError on failure."""
     with tempfile.TemporaryFile() as errf, tempfile.TemporaryFile() as outf:
-        rc = processes.popen(argv, stdin=src, stdout=outf, stderr=errf, env=env).wait()
+        if preamble is None:
+            rc = processes.popen(argv, stdin=src, stdout=outf, stderr=errf, env=env).wait()
+        else:
+            proc = processes.popen(argv, stdin=subprocess.PIPE, stdout=outf, stderr=errf, env=env)
+            try:
+                proc.stdin.write(preamble)
+                shutil.copyfileobj(src, proc.stdin, CHUNK)
+            except BrokenPipeError:
+                pass  # the command ended early: its exit status and output say why
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+            rc = proc.wait()
         if rc != 0:
             raise BackupError(f"{what} failed (exit {rc}): {read_tail(errf) or read_tail(outf)}")
 

@@ -53,6 +53,13 @@ from ansible_collections.deployctl.core.plugins.module_utils.file_archive import
     restore_files,
 )
 from ansible_collections.deployctl.core.plugins.module_utils.files import utc_stamp
+from ansible_collections.deployctl.core.plugins.module_utils.redis_data import (
+    RDB_FILE,
+    REDIS_OPTIONS,
+    RedisData,
+)
+from ansible_collections.deployctl.core.plugins.module_utils.redis_data import compare as redis_compare
+from ansible_collections.deployctl.core.plugins.module_utils.redis_protocol import RedisError
 from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams import (
     OPENSSL_CIPHER,
     OPENSSL_DIGEST,
@@ -61,6 +68,7 @@ from ansible_collections.deployctl.core.plugins.module_utils.sealed_streams impo
     Sink,
     passphrase_file,
 )
+from ansible_collections.deployctl.core.plugins.module_utils.tool_runners import ContainerTools, HostTools
 
 STATES = ("present", "restored", "listed", "verified", "inspected", "checked", "scratch_dropped")
 ENGINE_NAMES = ("sqlite", "mysql", "postgresql")
@@ -90,6 +98,9 @@ ARGUMENT_SPEC = dict(
     scratch_database=dict(type="str"),
     force=dict(type="bool", default=False),
     missing_ok=dict(type="bool", default=False),
+    database_service=dict(type="str"),
+    compose_project=dict(type="str"),
+    redis=dict(type="dict", options=REDIS_OPTIONS),
 )
 REQUIRED_IF = [
     ("state", "present", ("engine", "database")),
@@ -132,7 +143,23 @@ def normalize_params(params):
         raise BackupError("keep must be at least 1")
     if p["credentials_file"]:
         p["credentials_file"] = os.path.abspath(os.path.expanduser(p["credentials_file"]))
+    if p["database_service"]:
+        if p["engine"] == "sqlite":
+            raise BackupError("database_service runs the tools of a database server's container: not for sqlite")
+        if not p["compose_project"]:
+            raise BackupError("database_service needs compose_project, the compose project the service belongs to")
     return p
+
+
+def redis_of(p):
+    """The Redis whose data the sets hold (None: there is none, or it is a cache), running: started again when
+    a restore stopped it and did not live to start it."""
+    config = p.get("redis") or {}
+    if not config or config.get("role", "data") != "data":
+        return None
+    redis = RedisData(config, p.get("compose_project"))
+    redis.started_again(p["backup_dir"])
+    return redis
 
 
 ENGINES = {"mysql": MysqlEngine, "postgresql": PostgresEngine, "sqlite": SqliteEngine}
@@ -142,7 +169,11 @@ ENGINES = {"mysql": MysqlEngine, "postgresql": PostgresEngine, "sqlite": SqliteE
 def open_engine(params):
     tmp = TempSecrets()
     try:
-        yield ENGINES[params["engine"]](params, tmp)
+        if params.get("database_service"):
+            tools = ContainerTools(params["compose_project"], params["database_service"])
+        else:
+            tools = HostTools(tmp)
+        yield ENGINES[params["engine"]](params, tools)
     finally:
         tmp.cleanup()
 
@@ -161,9 +192,11 @@ def kept_scratch_prefix(p):
     return f"{p['scratch_prefix']}keep_{digest}_"
 
 
-def verify_copy(engine, set_dir, manifest, key_file, keep=None):
+def verify_copy(engine, set_dir, manifest, key_file, keep=None, redis=None):
     """Check file hashes, restore into a scratch database and compare. Raises VerifyError. With `keep`, the
-    scratch database of that name stays when the set verifies (it is dropped when it does not)."""
+    scratch database of that name stays when the set verifies (it is dropped when it does not). Redis data
+    is loaded into a scratch Redis (`redis`: the configured one, which says where that server runs), and the
+    digest of its keys recorded in the manifest, or compared with the one recorded."""
     try:
         check_set_files(set_dir, manifest, key_file)
         actual = engine.scratch_state(source_of(set_dir, manifest, DUMP_FILE, key_file), manifest, keep=keep)
@@ -172,11 +205,29 @@ def verify_copy(engine, set_dir, manifest, key_file, keep=None):
     except BackupError as exc:
         raise VerifyError(exc.msg) from exc
     problems, fallback = compare_states(manifest, actual)
+    if not problems and manifest.get("redis"):
+        problems = verify_redis(redis, set_dir, manifest, key_file)
     if problems:
         if keep is not None:
             engine.drop_scratch(keep)
         raise VerifyError("scratch restore does not match the recorded state: " + "; ".join(problems[:20]))
     return fallback
+
+
+def verify_redis(redis, set_dir, manifest, key_file):
+    """Problems of the set's Redis snapshot loaded into a scratch Redis; records its digest when it has none."""
+    recorded = manifest["redis"]
+    try:
+        with source_of(set_dir, manifest, RDB_FILE, key_file).as_file() as path:
+            databases = redis.verify(path, recorded.get("saved") or {}, set_dir)
+    except BackupError as exc:
+        return [exc.msg]
+    except RedisError as exc:
+        return [f"the scratch Redis: {exc.msg}"]
+    if recorded.get("databases") is not None:
+        return redis_compare(recorded["databases"], databases, "redis")
+    recorded["databases"] = databases
+    return []
 
 
 def drop_kept_scratch(engine, p, check_mode=False):
@@ -220,9 +271,10 @@ def take_set(params, hooks=None, check_mode=False):
                 "pruned": apply_retention(backup_dir, p["keep"], p["protect"], current=set_id, dry_run=True)}
     os.makedirs(backup_dir, mode=0o700, exist_ok=True)
 
+    redis = redis_of(p)
     with open_engine(p) as engine:
         server_version = engine.server_version()
-        estimate = engine.estimate_size()
+        estimate = engine.estimate_size() + (redis.estimate_size() if redis else 0)
         files_size = sum(tree_size(path) for path in p["files"])
         need = int(estimate * SPACE_FACTOR) + files_size
         free = shutil.disk_usage(backup_dir).free
@@ -248,6 +300,12 @@ def take_set(params, hooks=None, check_mode=False):
                     sinks.append(sink)
                     archive_files(p["files"], sink)
                     files[FILES_ARCHIVE] = sink.close()
+                redis_state = None
+                if redis:
+                    files[RDB_FILE], saved = redis.snapshot(lambda: Sink(os.path.join(set_dir, RDB_FILE), key_file))
+                    redis_state = {"server_version": redis.facts()["version"], "service": redis.cfg["service"],
+                                   "appendonly": redis.facts()["config"].get("appendonly") == "yes",
+                                   "saved": saved, "databases": None}
                 dump_seconds = round(time.monotonic() - t0, 3)
                 manifest = {
                     "format_version": FORMAT_VERSION,
@@ -271,6 +329,7 @@ def take_set(params, hooks=None, check_mode=False):
                     "verify_error": None,
                     "encrypted": key_file is not None,
                     "archived_paths": list(p["files"]),
+                    **({"redis": redis_state} if redis_state else {}),
                 }
                 if key_file is not None:
                     manifest["encryption"] = {
@@ -288,7 +347,7 @@ def take_set(params, hooks=None, check_mode=False):
                     if keep:
                         drop_kept_scratch(engine, dict(p, scratch_database=None))  # left by a run that died
                     try:
-                        fallback = verify_copy(engine, set_dir, manifest, key_file, keep=keep)
+                        fallback = verify_copy(engine, set_dir, manifest, key_file, keep=keep, redis=redis)
                     except VerifyError as exc:
                         manifest.update(
                             verified=False,
@@ -336,7 +395,17 @@ def take_set(params, hooks=None, check_mode=False):
         "checksum_fallback": fallback,
         "data": data_digest(manifest),
         **({"scratch_database": engine.scratch_location(keep)} if keep else {}),
+        **({"redis": redis_summary(p, manifest)} if p.get("redis") else {}),
     }
+
+
+def redis_summary(p, manifest):
+    """What the set holds of the configured Redis: its keys, or nothing for a cache."""
+    if not manifest.get("redis"):
+        return {"role": "cache", "msg": "redis is a cache: not backed up"}
+    saved = manifest["redis"]["saved"]
+    keys = sum(db["keys"] for db in saved.values())
+    return {"role": "data", "keys": keys, "msg": f"redis: {keys} keys in the set"}
 
 
 def data_digest(state):
@@ -344,6 +413,9 @@ def data_digest(state):
     md5 where the engine records one, else its checksum), and the schema objects."""
     tables = {name: {"rows": t.get("rows"), "digest": t.get("row_md5") or t.get("checksum")}
               for name, t in (state.get("tables") or {}).items()}
+    # Redis data: a database's keys without expiry count as one table's rows
+    for db, keys in sorted(((state.get("redis") or {}).get("databases") or {}).items()):
+        tables[f"redis db{db}"] = {"rows": keys["keys"], "digest": keys["digest"]}
     return {"tables": tables, "objects": state.get("objects") or {}}
 
 
@@ -352,8 +424,12 @@ def inspect_live(params):
     p = normalize_params(dict(params, state="inspected"))
     if not p["engine"] or not p["database"]:
         raise BackupError("engine and database are required for state=inspected")
+    redis = redis_of(p)
     with open_engine(p) as engine:
-        return {"changed": False, "data": data_digest(engine.current_state())}
+        state = engine.current_state()
+    if redis:
+        state["redis"] = {"databases": redis.current_state()}
+    return {"changed": False, "data": data_digest(state)}
 
 
 def check_ready(params):
@@ -366,6 +442,8 @@ def check_ready(params):
             check_set_files(set_dir, manifest, key_file)
         if manifest.get("bad"):
             raise BackupError(f"set {p['set_id']} is marked bad: {manifest.get('verify_error')}")
+        if manifest.get("redis"):
+            redis_to_restore(p, manifest).check()
         result["set"] = {k: manifest.get(k) for k in ("set_id", "created_at", "live_version", "verified")}
         return result
     if not p["engine"] or not p["database"]:
@@ -379,7 +457,20 @@ def check_ready(params):
         engine.server_version()
         if p["verify"]:
             engine.check_scratch()
+    redis = redis_of(p)
+    if redis:
+        redis.check()
     return result
+
+
+def redis_to_restore(p, manifest):
+    """The configured Redis data a set's Redis snapshot goes back into (or is verified like); refused when there
+    is none."""
+    redis = redis_of(p)
+    if redis is None:
+        raise BackupError(f"set {p['set_id']} holds Redis data, and no Redis with role data is configured "
+                          "(deployctl_redis) to restore it into")
+    return redis
 
 
 def load_for(p):
@@ -403,10 +494,11 @@ def verify_set(params, check_mode=False):
     """state=verified: re-check file hashes and restore the set into a scratch database."""
     p = normalize_params(dict(params, state="verified"))
     set_dir, manifest = load_for(p)
+    redis = redis_to_restore(p, manifest) if manifest.get("redis") else None  # it says where its scratch runs
     with open_engine(p) as engine, passphrase_file(p["encryption_key"]) as key_file:
         t1 = time.monotonic()
         try:
-            fallback = verify_copy(engine, set_dir, manifest, key_file)
+            fallback = verify_copy(engine, set_dir, manifest, key_file, redis=redis)
         except VerifyError as exc:
             changed = not manifest.get("bad") or manifest.get("verify_error") != exc.msg
             manifest.update(verified=False, bad=True, verify_error=exc.msg)
@@ -456,12 +548,17 @@ def restore_set(params, check_mode=False):
             "path": set_dir,
             "msg": "check mode: set not restored",
         }
+    redis = redis_to_restore(p, manifest) if manifest.get("redis") else None
     with open_engine(p) as engine, passphrase_file(p["encryption_key"]) as key_file:
         check_set_files(set_dir, manifest, key_file)
         engine.restore_live(source_of(set_dir, manifest, DUMP_FILE, key_file), manifest)
         if manifest.get("archived_paths"):
             restore_files(source_of(set_dir, manifest, FILES_ARCHIVE, key_file), manifest["archived_paths"])
         actual = engine.live_state(manifest)
+        if redis:
+            info = manifest["files"][RDB_FILE]
+            plain = {"size": info.get("plain_size", info["size"]), "sha256": info.get("plain_sha256", info["sha256"])}
+            redis.restore(source_of(set_dir, manifest, RDB_FILE, key_file), plain, manifest["redis"], p["backup_dir"])
     problems, fallback = compare_states(manifest, actual)
     if problems:
         raise BackupError(
@@ -525,9 +622,11 @@ def run(params, check_mode=False, hooks=None):
         return _dispatch(p, state, check_mode, hooks)
     except BackupError as exc:
         error = exc
+    except RedisError as exc:
+        error = BackupError(exc.msg)
     except (OSError, sqlite3.Error, subprocess.SubprocessError, tarfile.TarError) as exc:
         error = BackupError(f"{state} failed: {type(exc).__name__}: {exc}")
-    for secret in (p.get("login_password"), p.get("encryption_key")):
+    for secret in (p.get("login_password"), p.get("encryption_key"), (p.get("redis") or {}).get("password")):
         if secret:
             error.msg = error.msg.replace(secret, "********")
     raise error

@@ -25,6 +25,12 @@ description:
   - Passwords are never put on a command line, in the environment of child processes, in the manifest or in
     returned values. MySQL/MariaDB clients get a temporary option file (C(--defaults-extra-file), mode 0600
     in a private 0700 directory), PostgreSQL clients a temporary pgpass file (E(PGPASSFILE)).
+  - With O(database_service) the client tools are the ones in the running container of that Docker Compose
+    service (C(docker exec -i); the container is found by its compose labels), and the dump streams through
+    this host into the set. Their credential files are written inside the container by a wrapper that reads
+    them from its stdin (umask 077, a private directory) and removes them when the tool ends, so they appear
+    on no command line, in no environment and not in C(docker inspect). A tool that only writes (the dump) is
+    stopped when C(docker exec) ends, so a killed run leaves nothing running in the container.
   - "MySQL/MariaDB: the dumper's consistent snapshot cannot be shared, so row counts and checksums are taken
     immediately before the C(--single-transaction) dump. Writes to the database while the set is taken can
     therefore produce a verification mismatch; that fails safe (the set is marked bad)."
@@ -155,6 +161,55 @@ options:
         C(missing=true)) instead of failing.
     type: bool
     default: false
+  database_service:
+    description:
+      - The Docker Compose service whose container runs the database server; its own client tools dump,
+        verify and restore. Not for V(sqlite).
+    type: str
+  compose_project:
+    description: The compose project of O(database_service) (and of O(redis.service)).
+    type: str
+  redis:
+    description:
+      - A Redis whose data belongs in the sets (O(redis.role=data)); a cache (V(cache)) is left alone.
+      - Its RDB snapshot (C(redis.rdb)) is taken after the database, while writes are paused for the instant
+        BGSAVE forks, sealed like the dump, and verified by loading it into a scratch redis-server (on a unix
+        socket in a private directory, no port; for O(redis.service) in a container of the service's image
+        with no network); restoring stops Redis, replaces its RDB (and with appendonly its AOF, whose base
+        becomes that RDB), starts it and checks its keys. Needs Redis 7.0 or later, running on this host.
+    type: dict
+    suboptions:
+      role:
+        description: V(data) backs it up and restores it; V(cache) needs nothing.
+        type: str
+        choices: [data, cache]
+        default: data
+      host: {description: "Where this host reaches it (for a compose service too).", type: str, default: 127.0.0.1}
+      port: {description: Its port., type: int, default: 6379}
+      socket: {description: Its unix socket (instead of O(redis.host) and O(redis.port))., type: path}
+      username: {description: Its ACL user (with O(redis.password))., type: str}
+      password:
+        description: Its password, sent with AUTH over the connection (never on a command line).
+        type: str
+      service:
+        description:
+          - The compose service that runs it (of O(compose_project)). Its container, found by its compose labels, is
+            stopped and started with C(docker stop) and C(docker start) for a restore.
+        type: str
+      stop_command:
+        description: For a Redis on the host, the command (a list, or a string split like a shell would) that stops it.
+        type: raw
+      start_command:
+        description: For a Redis on the host, the command that starts it.
+        type: raw
+      server_command:
+        description: The redis-server the verification of a Redis on the host loads each snapshot into.
+        type: str
+        default: redis-server
+      timeout:
+        description: Seconds a save, a stop, a start or a scratch server's load may take.
+        type: int
+        default: 60
 notes:
   - Supports check mode. O(state=present) and O(state=restored) only report C(changed=true) in check mode.
   - O(state=verified) marks a set bad when verification fails, and marks a never-verified set verified when
@@ -212,6 +267,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+redis:
+  description: What the new set holds of O(redis) (C(role), C(keys) for data) and a line saying so (C(msg)).
+  returned: when state is present and redis is given
+  type: dict
 scratch_database:
   description: The scratch copy kept (O(keep_scratch)); a database name, or for SQLite the file's path.
   returned: when state is present and keep_scratch is true
@@ -234,8 +293,10 @@ path:
 manifest:
   description:
     - Content of C(manifest.json). C(tables) maps each table to C(rows) and C(checksum) (MySQL also
-      C(row_md5)); C(objects) lists views, routines, triggers and events; C(files) maps C(db.dump) and
-      C(files.tar.gz) to C(sha256) and C(size).
+      C(row_md5)); C(objects) lists views, routines, triggers and events; C(files) maps C(db.dump),
+      C(files.tar.gz) and C(redis.rdb) to C(sha256) and C(size).
+    - With O(redis), C(redis) holds per Redis database the keys and keys with an expiry saved (C(saved)) and
+      the count and digest of its keys without expiry (C(databases)).
   returned: when state is present, restored or verified
   type: dict
 pruned:

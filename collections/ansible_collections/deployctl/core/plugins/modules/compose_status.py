@@ -93,15 +93,12 @@ import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
-
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-ONEOFF_LABEL = "com.docker.compose.oneoff"
-
-
-def normalise(project):
-    """The project name compose uses in its labels (both v1 and v2 lowercase it and drop other characters)."""
-    return re.sub(r"[^-_a-z0-9]", "", project.lower())
+from ansible_collections.deployctl.core.plugins.module_utils.compose_containers import (
+    ONEOFF_LABEL,
+    PROJECT_LABEL,
+    SERVICE_LABEL,
+    normalise,
+)
 
 
 def split_tag(reference):
