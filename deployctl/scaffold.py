@@ -382,7 +382,9 @@ class _Edits:
     def replace(self, node: yaml.Node | None, value: str, why: str) -> bool:
         if node is None or not isinstance(node, yaml.ScalarNode):
             return False
-        self.changes[(node.start_mark.index, node.end_mark.index)] = json.dumps(value)
+        # a block scalar (| or >) ends after its last line break: what replaces it keeps one
+        self.changes[(node.start_mark.index, node.end_mark.index)] = json.dumps(value) + (
+            "\n" if node.style in ("|", ">") else "")
         self.lines.append(why)
         return True
 

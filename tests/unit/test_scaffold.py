@@ -478,3 +478,34 @@ def test_the_text_output_shows_the_edits_and_the_next_commands(tmp_path):
     assert "ansible-vault encrypt inventory/staging/group_vars/all/vault.yml" in out
     assert "APP_TAG=v1 docker compose -f ../scheduler/docker-compose.yml build" in out
     assert out.rstrip().endswith("deployctl -e staging release v1")
+
+
+def apply_patch(found: scaffold.Stack, compose: Path) -> None:
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    applied = subprocess.run(["patch", "-p1", "-d", str(compose.parent)], input=found.patch, capture_output=True,
+                             text=True)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+
+
+def test_a_secret_written_as_a_block_scalar_is_replaced_by_one_line(tmp_path):
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      API_TOKEN: >-
+        folded
+        token
+      SESSION_SECRET: |-
+        in-a-block
+      NEXT: keep
+"""
+    compose = stack(tmp_path, text)
+    found = scaffold.detect(compose)
+    assert sorted(found.env_additions) == ["API_TOKEN", "SESSION_SECRET"]
+    apply_patch(found, compose)
+    assert environments(compose.read_text(), scaffold.read_dotenv(compose.parent / ".env")) == environments(text, {})
+    assert "folded" not in compose.read_text()
+
