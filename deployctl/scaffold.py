@@ -523,36 +523,32 @@ def detect(compose_file: Path) -> Stack:
     if redis is not None and not redis.reachable:
         notes.append(f"Redis ({redis.service}) publishes no port to the host: no redis check was added")
     additions = {name: value for name, value in secrets.moved.items() if name not in env}
-    env_patch, unwritable = _dotenv_patch(directory / ".env", additions)
-    for name in unwritable:
-        notes.append(f"{name} cannot be written to .env exactly: add it there by hand (its value is in the vault file)")
+    env_patch = _dotenv_patch(directory / ".env", additions)
+    for name in secrets.kept:
+        notes.append(f"{name} stays in the compose file: no .env line can carry its value exactly (it is in the "
+                     "vault file too); a compose secret (a file) can")
     return Stack(
         compose_file=path.resolve(), files=files, project=project, services=sorted_services, image=repository,
         tag_variable=tag_variable, app_services=app_services, worker_services=workers,
         migrate_command=migrate_command, health_port=port, health_path=path_, health_source=source,
         database=database, redis=redis, bot=bot, secrets=secrets.found(),
         patch=edits.patch(path.name) + env_patch if edits.changes else "", edited=edits.edited(),
-        env_additions={k: v for k, v in additions.items() if k not in unwritable}, edits=edits.lines, built=built,
+        env_additions=additions, edits=edits.lines, built=built,
         notes=notes)
 
 
-def _dotenv_patch(path: Path, additions: dict[str, str]) -> tuple[str, list[str]]:
-    """The part of the patch that gives the compose project's .env the secrets the compose file no longer holds
-    (quoted as deployctl quotes its own .env lines), and the names no quoting carries exactly."""
-    lines, unwritable = [], []
-    for name, value in additions.items():
-        try:
-            lines.append(f"{name}={envfile.quote(name, value)}\n")
-        except envfile.EnvError:
-            unwritable.append(name)
+def _dotenv_patch(path: Path, additions: dict[str, str]) -> str:
+    """The part of the patch that gives the compose project's .env the secrets the compose file no longer holds,
+    quoted as deployctl quotes its own .env lines."""
+    lines = [f"{name}={envfile.quote(name, value)}\n" for name, value in additions.items()]
     if not lines:
-        return "", unwritable
+        return ""
     existing = path.read_text().splitlines(True) if path.is_file() else []
     if existing and not existing[-1].endswith("\n"):
         existing = [*existing[:-1], existing[-1] + "\n"]
     added = [*existing, "# moved out of the compose file by deployctl init (in the vault file too)\n", *lines]
     return _unified_diff(path.read_text().splitlines(True) if existing else [], added,
-                         "a/.env" if existing else "/dev/null", "b/.env"), unwritable
+                         "a/.env" if existing else "/dev/null", "b/.env")
 
 
 def _unified_diff(before: list[str], after: list[str], old_name: str, new_name: str) -> str:
@@ -567,6 +563,7 @@ class _Secrets:
     def __init__(self):
         self.by_value: dict[str, Secret] = {}
         self.moved: dict[str, str] = {}  # NAME -> value: the compose file reads ${NAME} after the edits
+        self.kept: list[str] = []  # names of secrets the compose file keeps: no .env line carries their value
 
     def add(self, name: str, value: str, where: str) -> str:
         secret = self.by_value.get(value)
@@ -593,8 +590,8 @@ class _Secrets:
             name = self._name_for(password) or f"{key}_PASSWORD"
             self.add(name, password, f"{service} {key}")
             new = raw[:credentials.start("password")] + f"${{{name}}}" + raw[credentials.end("password"):]
-            if edits.replace(node, f"{key}={new}" if in_list else new,
-                             f"{service}: the password in {key} -> ${{{name}}}"):
+            if self._movable(name, password) and edits.replace(
+                    node, f"{key}={new}" if in_list else new, f"{service}: the password in {key} -> ${{{name}}}"):
                 self.moved[name] = password
             return
         if not SECRET_NAME.search(key):
@@ -607,9 +604,20 @@ class _Secrets:
         self.add(name, value, f"{service} {key}")
         with_default = bool(variable and VARIABLE.fullmatch(raw.strip()).group("arg"))
         # a literal, or a default that holds the secret, leaves the file
-        if (variable is None or with_default) and edits.replace(
+        if (variable is None or with_default) and self._movable(name, value) and edits.replace(
                 node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}"):
             self.moved[name] = value
+
+    def _movable(self, name: str, value: str) -> bool:
+        """Whether the .env beside the compose file can carry `value` as NAME exactly; else the compose file keeps
+        it (a ${NAME} nothing sets would hand the container an empty value)."""
+        try:
+            envfile.quote(name, value)
+        except envfile.EnvError:
+            if name not in self.kept:
+                self.kept.append(name)
+            return False
+        return True
 
     def _name_for(self, value: str) -> str | None:
         secret = self.by_value.get(value)

@@ -509,3 +509,31 @@ services:
     assert environments(compose.read_text(), scaffold.read_dotenv(compose.parent / ".env")) == environments(text, {})
     assert "folded" not in compose.read_text()
 
+
+def test_a_secret_no_env_line_can_carry_stays_in_the_compose_file(tmp_path):
+    """A newline, a ' with a $ or ", a name .env cannot hold: moved to ${NAME}, the container would get ""."""
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      PRIVATE_KEY: |
+        -----BEGIN KEY-----
+        abc
+        -----END KEY-----
+      STRIPE_SECRET_KEY: sk_live_abc"def'ghi
+      spring.datasource.password: s3cret
+      DATABASE_URL: "mysql://shop:it's$$x@db/shop"
+      API_TOKEN: movable
+"""
+    compose = stack(tmp_path, text)
+    found = scaffold.detect(compose)
+    assert found.env_additions == {"API_TOKEN": "movable"}
+    assert {s.variable for s in found.secrets} >= {"vault_private_key", "vault_stripe_secret_key",
+                                                   "vault_spring_datasource_password", "vault_database_url_password"}
+    for name in ("PRIVATE_KEY", "STRIPE_SECRET_KEY", "spring.datasource.password", "DATABASE_URL_PASSWORD"):
+        assert any(note.startswith(f"{name} stays in the compose file") for note in found.notes), found.notes
+    apply_patch(found, compose)
+    assert environments(compose.read_text(), scaffold.read_dotenv(compose.parent / ".env")) == environments(text, {})
+
