@@ -58,6 +58,7 @@ DATABASE_KEYS = {
     "user": ("MARIADB_USER", "MYSQL_USER", "POSTGRES_USER", "DB_USER", "DB_USERNAME", "DATABASE_USER"),
     "password": ("MARIADB_PASSWORD", "MYSQL_PASSWORD", "POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD"),
 }
+MASK = "********"
 PORT_KEYS = ("APP_PORT", "PORT", "HTTP_PORT", "SERVER_PORT", "LISTEN_PORT", "WEB_PORT")
 
 
@@ -124,6 +125,7 @@ class Stack:
     bot: Bot | None
     secrets: list[Secret]
     patch: str  # unified diff of the compose file's edits, "" when none are needed
+    shown_patch: str  # the same as printed: the secrets it takes out and the .env's values masked
     edited: str  # the compose file's text with those edits
     env_additions: dict[str, str]  # what the patch adds to the .env beside it: the secrets moved out of the file
     edits: list[str]  # one line per edit, for people
@@ -377,16 +379,25 @@ class _Edits:
     def __init__(self, text: str):
         self.text = text
         self.changes: dict[tuple[int, int], str] = {}
+        self.masks: dict[tuple[int, int], str] = {}  # what the printed patch shows in place of a secret it edits
+        self.hidden: dict[tuple[int, int], str] = {}  # ... and of one it leaves in place
         self.lines: list[str] = []
 
-    def replace(self, node: yaml.Node | None, value: str, why: str) -> bool:
+    def replace(self, node: yaml.Node | None, value: str, why: str, shown: str | None = None) -> bool:
+        """`node` becomes the quoted `value`; `shown`, when given, is what the printed patch shows of the node as
+        it was (its text may hold a secret in any YAML form: escapes, a block scalar over several lines)."""
         if node is None or not isinstance(node, yaml.ScalarNode):
             return False
-        # a block scalar (| or >) ends after its last line break: what replaces it keeps one
-        self.changes[(node.start_mark.index, node.end_mark.index)] = json.dumps(value) + (
-            "\n" if node.style in ("|", ">") else "")
+        self.changes[_span(node)] = _scalar(node, value)
+        if shown is not None:
+            self.masks[_span(node)] = _shown(node, shown)
         self.lines.append(why)
         return True
+
+    def hide(self, node: yaml.Node | None, shown: str) -> None:
+        """A secret left in the file: the printed patch shows `shown` instead, should its lines be shown."""
+        if isinstance(node, yaml.ScalarNode):
+            self.hidden[_span(node)] = _shown(node, shown)
 
     def insert_before(self, mapping: yaml.Node | None, key: str, line: str, why: str) -> bool:
         key_node = _key_node(mapping, key) if mapping is not None else None
@@ -398,13 +409,38 @@ class _Edits:
         return True
 
     def edited(self) -> str:
-        edited = self.text
-        for (start, end), replacement in sorted(self.changes.items(), reverse=True):
-            edited = edited[:start] + replacement + edited[end:]
-        return edited
+        return _apply(self.text, self.changes)
 
     def patch(self, name: str) -> str:
         return _unified_diff(self.text.splitlines(True), self.edited().splitlines(True), f"a/{name}", f"b/{name}")
+
+    def shown_patch(self, name: str) -> str:
+        """The patch as printed: the secrets it takes out and those around its edits masked."""
+        return _unified_diff(_apply(self.text, {**self.masks, **self.hidden}).splitlines(True),
+                             _apply(self.text, {**self.changes, **self.hidden}).splitlines(True),
+                             f"a/{name}", f"b/{name}")
+
+
+def _span(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.index, node.end_mark.index
+
+
+def _scalar(node: yaml.Node, value: str) -> str:
+    """`value` quoted in place of the scalar `node`; a block scalar (| or >) ends after its last line break, and
+    so does what replaces it."""
+    return json.dumps(value) + ("\n" if node.style in ("|", ">") else "")
+
+
+def _shown(node: yaml.Node, text: str) -> str:
+    """`text` in place of the scalar `node`, for people only: quoted as the node was."""
+    quote = node.style if node.style in ("'", '"') else ""
+    return quote + text + quote + ("\n" if node.style in ("|", ">") else "")
+
+
+def _apply(text: str, changes: dict[tuple[int, int], str]) -> str:
+    for (start, end), replacement in sorted(changes.items(), reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
 
 
 # --------------------------------------------------------------------------- detection
@@ -523,7 +559,7 @@ def detect(compose_file: Path) -> Stack:
     if redis is not None and not redis.reachable:
         notes.append(f"Redis ({redis.service}) publishes no port to the host: no redis check was added")
     additions = {name: value for name, value in secrets.moved.items() if name not in env}
-    env_patch = _dotenv_patch(directory / ".env", additions)
+    env_patch, env_shown = _dotenv_patch(directory / ".env", additions)
     for name in secrets.kept:
         notes.append(f"{name} stays in the compose file: no .env line can carry its value exactly (it is in the "
                      "vault file too); a compose secret (a file) can")
@@ -533,22 +569,32 @@ def detect(compose_file: Path) -> Stack:
         migrate_command=migrate_command, health_port=port, health_path=path_, health_source=source,
         database=database, redis=redis, bot=bot, secrets=secrets.found(),
         patch=edits.patch(path.name) + env_patch if edits.changes else "", edited=edits.edited(),
+        shown_patch=edits.shown_patch(path.name) + env_shown if edits.changes else "",
         env_additions=additions, edits=edits.lines, built=built,
         notes=notes)
 
 
-def _dotenv_patch(path: Path, additions: dict[str, str]) -> str:
-    """The part of the patch that gives the compose project's .env the secrets the compose file no longer holds,
-    quoted as deployctl quotes its own .env lines."""
+def _dotenv_patch(path: Path, additions: dict[str, str]) -> tuple[str, str]:
+    """The part of the patch that gives the compose project's .env the secrets the compose file no longer holds
+    (quoted as deployctl quotes its own .env lines), and the same as printed (every value masked: the lines of
+    the .env shown around the additions may hold secrets init knows nothing of)."""
     lines = [f"{name}={envfile.quote(name, value)}\n" for name, value in additions.items()]
+    shown = [f"{name}={MASK}\n" for name in additions]
     if not lines:
-        return ""
-    existing = path.read_text().splitlines(True) if path.is_file() else []
-    if existing and not existing[-1].endswith("\n"):
-        existing = [*existing[:-1], existing[-1] + "\n"]
-    added = [*existing, "# moved out of the compose file by deployctl init (in the vault file too)\n", *lines]
-    return _unified_diff(path.read_text().splitlines(True) if existing else [], added,
-                         "a/.env" if existing else "/dev/null", "b/.env")
+        return "", ""
+    before = path.read_text().splitlines(True) if path.is_file() else []
+    existing = [*before[:-1], before[-1] + "\n"] if before and not before[-1].endswith("\n") else before
+    header = "# moved out of the compose file by deployctl init (in the vault file too)\n"
+    old_name = "a/.env" if before else "/dev/null"
+    masked_before, masked_existing = ([_masked_dotenv_line(line) for line in text] for text in (before, existing))
+    return (_unified_diff(before, [*existing, header, *lines], old_name, "b/.env"),
+            _unified_diff(masked_before, [*masked_existing, header, *shown], old_name, "b/.env"))
+
+
+def _masked_dotenv_line(line: str) -> str:
+    if line.lstrip().startswith("#") or "=" not in line:
+        return line
+    return f"{line.partition('=')[0]}={MASK}" + ("\n" if line.endswith("\n") else "")
 
 
 def _unified_diff(before: list[str], after: list[str], old_name: str, new_name: str) -> str:
@@ -590,9 +636,14 @@ class _Secrets:
             name = self._name_for(password) or f"{key}_PASSWORD"
             self.add(name, password, f"{service} {key}")
             new = raw[:credentials.start("password")] + f"${{{name}}}" + raw[credentials.end("password"):]
+            masked = raw[:credentials.start("password")] + MASK + raw[credentials.end("password"):]
+            shown = f"{key}={masked}" if in_list else masked
             if self._movable(name, password) and edits.replace(
-                    node, f"{key}={new}" if in_list else new, f"{service}: the password in {key} -> ${{{name}}}"):
+                    node, f"{key}={new}" if in_list else new, f"{service}: the password in {key} -> ${{{name}}}",
+                    shown):
                 self.moved[name] = password
+            else:
+                edits.hide(node, shown)
             return
         if not SECRET_NAME.search(key):
             return
@@ -603,10 +654,15 @@ class _Secrets:
         name = variable or self._name_for(value) or key
         self.add(name, value, f"{service} {key}")
         with_default = bool(variable and VARIABLE.fullmatch(raw.strip()).group("arg"))
+        if variable is not None and not with_default:
+            return  # the file names it only
         # a literal, or a default that holds the secret, leaves the file
-        if (variable is None or with_default) and self._movable(name, value) and edits.replace(
-                node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}"):
+        shown = f"{key}={MASK}" if in_list else MASK
+        if self._movable(name, value) and edits.replace(
+                node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}", shown):
             self.moved[name] = value
+        else:
+            edits.hide(node, shown)
 
     def _movable(self, name: str, value: str) -> bool:
         """Whether the .env beside the compose file can carry `value` as NAME exactly; else the compose file keeps
@@ -743,10 +799,11 @@ class Scaffold:
     next_steps: list[str]
 
     def shown_patch(self) -> str:
-        """The patch as printed: the secrets the compose file held are masked (the file has them, 0600)."""
-        shown = self.stack.patch
+        """The patch as printed: the secrets the compose file held are masked (the file has them, 0600), and so
+        are secret values on the lines around the edits (a password on Redis's command line, say)."""
+        shown = self.stack.shown_patch
         for secret in sorted(self.stack.secrets, key=lambda s: -len(s.value)):
-            shown = shown.replace(secret.value, "********")
+            shown = shown.replace(secret.value, MASK)
         return shown
 
     def as_dict(self) -> dict:

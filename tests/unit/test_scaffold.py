@@ -537,3 +537,42 @@ services:
     apply_patch(found, compose)
     assert environments(compose.read_text(), scaffold.read_dotenv(compose.parent / ".env")) == environments(text, {})
 
+
+def test_the_printed_patch_shows_no_secret_in_any_form(tmp_path):
+    """Escapes, '' and $$ spell a secret otherwise than its value; a block scalar spreads it over lines; the
+    .env's own lines shown around the additions hold secrets init does not know."""
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      ESCAPED_PASSWORD: "pa\\x41ss\\"wd"
+      SINGLE_TOKEN: 'it''s-tok'
+      DOLLAR_KEY: "d$$llar"
+      DATABASE_URL: "mysql://shop:Pa$$w0rd@db/shop"
+      PRIVATE_KEY: |
+        -----BEGIN KEY-----
+        abc
+        -----END KEY-----
+      LIST_FORM: "x"
+  worker:
+    build: .
+    environment:
+      - API_KEY=k$$ey
+"""
+    compose = stack(tmp_path, text, "OTHER_SERVICE_TOKEN=tok-in-dotenv\n")
+    shown = []
+    for json_option in ([], ["--json"]):
+        project = tmp_path / f"project{len(shown)}"
+        project.mkdir()
+        shown.append(deployctl(*json_option, "init", str(compose), cwd=project))
+    assert [made.returncode for made in shown] == [0, 0], shown[0].stderr
+    assert json.loads(shown[1].stdout)["compose_patch"] in shown[0].stdout
+    for spelled in ("x41ss", "it''s", "d$$llar", "Pa$$w0rd", "BEGIN KEY", "abc", "k$$ey", "tok-in-dotenv"):
+        assert spelled not in shown[0].stdout, spelled
+    for secret in scaffold.detect(compose).secrets:
+        assert secret.value not in shown[0].stdout, secret.variable
+    assert '-      DOLLAR_KEY: "********"' in shown[0].stdout
+    assert '-      DATABASE_URL: "mysql://shop:********@db/shop"' in shown[0].stdout
+    assert "-      - API_KEY=********" in shown[0].stdout
