@@ -874,7 +874,8 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     steps = []
     if stack.patch:
         directory = os.path.relpath(stack.compose_file.parent, root)
-        steps.append(f"patch -p1 -d {directory} < compose-edits.patch && rm compose-edits.patch      # the edits above")
+        steps.append(f"patch -p1 -d {shlex.quote(directory)} < compose-edits.patch && rm compose-edits.patch"
+                     "      # the edits above")
     elif stack.edits:
         steps.append(f"edit {compose_path} as listed above")
     if not local:
@@ -885,7 +886,8 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
                   "printf '[defaults]\\nvault_password_file = .vault_pass\\n' >> ansible.cfg",
                   f"ansible-vault encrypt {vault}"]
     if stack.built:
-        steps.append(f"{stack.tag_variable}=v1 docker compose -f {compose_path} build      # {stack.image}:v1")
+        steps.append(f"{stack.tag_variable}=v1 docker compose -f {shlex.quote(compose_path)} build"
+                     f"      # {stack.image}:v1")
     else:
         steps.append(f"build or tag {stack.image}:v1 on this machine")
     env_option = "" if environment == "local" else f"-e {environment} "

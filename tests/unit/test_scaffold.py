@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -576,3 +577,19 @@ services:
     assert '-      DOLLAR_KEY: "********"' in shown[0].stdout
     assert '-      DATABASE_URL: "mysql://shop:********@db/shop"' in shown[0].stdout
     assert "-      - API_KEY=********" in shown[0].stdout
+
+
+def test_the_next_commands_take_a_path_with_spaces_as_one_word(tmp_path):
+    compose = stack(tmp_path, CHECKLIST_STACK, name="my shop")
+    project = tmp_path / "project"
+    project.mkdir()
+    made = deployctl("--json", "init", str(compose), cwd=project)
+    assert made.returncode == 0, made.stderr
+    steps = json.loads(made.stdout)["next"]
+    build = next(step for step in steps if " build" in step)
+    assert shlex.split(build, comments=True)[-3:] == ["-f", "../my shop/docker-compose.yml", "build"]
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    patched = subprocess.run(["bash", "-c", steps[0]], cwd=project, capture_output=True, text=True)
+    assert patched.returncode == 0, patched.stdout + patched.stderr
+    assert "${MYSQL_PASSWORD}" in compose.read_text() and not (project / "compose-edits.patch").exists()
