@@ -11,6 +11,8 @@ never changed here). `write()` writes the files, refusing before writing anythin
 from __future__ import annotations
 
 import collections
+import configparser
+import contextlib
 import difflib
 import json
 import os
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 from ansible_collections.deployctl.core.plugins.module_utils import envfile
 
+from deployctl import ansible_config
 from deployctl.errors import BadInput
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -881,10 +884,7 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     if not local:
         steps.append(f"copy {', '.join(stack.files)} (and its .env) to {compose_dir} on every host")
     if stack.secrets:
-        vault = f"{inventory}/group_vars/all/vault.yml"
-        steps += ["(umask 077; openssl rand -base64 32 > .vault_pass)      # keep it out of git",
-                  "printf '[defaults]\\nvault_password_file = .vault_pass\\n' >> ansible.cfg",
-                  f"ansible-vault encrypt {vault}"]
+        steps += _vault_steps(root, f"{inventory}/group_vars/all/vault.yml")
     if stack.built:
         steps.append(f"{stack.tag_variable}=v1 docker compose -f {shlex.quote(compose_path)} build"
                      f"      # {stack.image}:v1")
@@ -893,6 +893,27 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     env_option = "" if environment == "local" else f"-e {environment} "
     steps.append(f"deployctl {env_option}release v1")
     return Scaffold(root, environment, files, private, stack, steps)
+
+
+def _vault_steps(root: Path, vault: str) -> list[str]:
+    """How to encrypt the vault file with the Ansible settings deployctl will use (README: The Ansible settings).
+    A vault password file or an ansible.cfg that exists is never overwritten: the vault files the old password
+    encrypts would be lost, and a second [defaults] makes Ansible refuse the file."""
+    config = ansible_config.user_config(root)
+    settings = configparser.ConfigParser(interpolation=None)
+    with contextlib.suppress(configparser.Error):
+        settings.read(config or [])
+    if any(settings.get("defaults", key, fallback="") for key in ("vault_password_file", "vault_identity_list")):
+        return [f"ansible-vault encrypt {vault}      # with the vault password {config} names"]
+    steps = []
+    if not (root / ".vault_pass").exists():
+        steps.append("(umask 077; openssl rand -base64 32 > .vault_pass)      # keep it out of git")
+    if config is None:
+        steps.append("printf '[defaults]\\nvault_password_file = .vault_pass\\n' > ansible.cfg")
+    else:
+        password_file = ".vault_pass" if config.parent == root else str(root / ".vault_pass")
+        steps.append(f"add `vault_password_file = {password_file}` to the [defaults] section of {config}")
+    return [*steps, f"ansible-vault encrypt {vault}"]
 
 
 def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) -> str:

@@ -593,3 +593,52 @@ def test_the_next_commands_take_a_path_with_spaces_as_one_word(tmp_path):
     patched = subprocess.run(["bash", "-c", steps[0]], cwd=project, capture_output=True, text=True)
     assert patched.returncode == 0, patched.stdout + patched.stderr
     assert "${MYSQL_PASSWORD}" in compose.read_text() and not (project / "compose-edits.patch").exists()
+
+
+def run_vault_steps(steps: list[str], cwd: Path) -> None:
+    """The next commands that set up the vault, in a shell, with this venv's ansible-vault."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for step in [s for s in steps if "vault" in s]:
+        ran = subprocess.run(["bash", "-c", step], cwd=cwd, env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, (step, ran.stdout + ran.stderr)
+
+
+def vault_text(project: Path, password_file: Path) -> str:
+    shown = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "view", "--vault-password-file",
+                            str(password_file), "inventory/local/group_vars/all/vault.yml"], cwd=project,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_the_next_commands_keep_the_vault_password_and_ansible_cfg_a_project_has(tmp_path, monkeypatch):
+    """init in a repository that has its own Ansible settings: a new .vault_pass would make every vault file the
+    old password encrypts unreadable, and a second [defaults] in ansible.cfg makes Ansible refuse it."""
+    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    made = {}
+    for case, config in (("named", "[defaults]\nvault_password_file = .vault_pass\nremote_user = deploy\n"),
+                         ("unnamed", "[defaults]\nremote_user = deploy\n"), ("none", None)):
+        project = tmp_path / case
+        project.mkdir()
+        if config is not None:
+            (project / "ansible.cfg").write_text(config)
+            (project / ".vault_pass").write_text(f"the {case} project's own password\n")
+        made[case] = deployctl("--json", "init", str(compose), cwd=project)
+        assert made[case].returncode == 0, made[case].stderr
+    steps = {case: json.loads(result.stdout)["next"] for case, result in made.items()}
+
+    project = tmp_path / "named"
+    run_vault_steps(steps["named"], project)
+    assert (project / ".vault_pass").read_text() == "the named project's own password\n"
+    assert (project / "ansible.cfg").read_text().count("[defaults]") == 1
+    assert "s3cret-db" in vault_text(project, project / ".vault_pass")
+
+    project = tmp_path / "unnamed"
+    assert not any("openssl" in step or "ansible.cfg" in step and ">" in step for step in steps["unnamed"])
+    assert f"add `vault_password_file = .vault_pass` to the [defaults] section of {project / 'ansible.cfg'}" in (
+        steps["unnamed"])
+
+    project = tmp_path / "none"
+    run_vault_steps(steps["none"], project)
+    assert "s3cret-db" in vault_text(project, project / ".vault_pass")
