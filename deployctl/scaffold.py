@@ -864,7 +864,8 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     files[f"{inventory}/group_vars/all/deployctl.yml"] = _variables(stack, compose_dir, local, hosts)
     if stack.secrets:
         vault = f"{inventory}/group_vars/all/vault.yml"
-        body = "".join(f"# {', '.join(s.found)}\n{yaml.safe_dump({s.variable: s.value}, width=1000)}"
+        # !unsafe: Ansible would template a value holding {{, {% or {# (a syntax error, or another value)
+        body = "".join(f"# {', '.join(s.found)}\n{s.variable}: !unsafe {json.dumps(s.value)}\n"
                        for s in stack.secrets)
         files[vault] = ("# Secrets found in the compose environment. Encrypt this file before it goes anywhere:\n"
                         f"#   ansible-vault encrypt {vault}\n" + body)
