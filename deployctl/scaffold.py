@@ -721,10 +721,11 @@ def _redis(sorted_services, services, service_env, secrets: _Secrets, env) -> Re
         return None
     service = found[0]
     spec = services[service.name] or {}
-    command = _argv(spec.get("command"))
+    # as the container gets it: compose puts in the .env's variables (and $$ is $)
+    command = [interpolate(part, env) for part in _argv(spec.get("command"))]
     values = service_env(service.name, spec)
-    port = int(command[command.index("--port") + 1] if "--port" in command[:-1] else
-               values.get("REDIS_PORT", "") if values.get("REDIS_PORT", "").isdigit() else 6379)
+    given = command[command.index("--port") + 1] if "--port" in command[:-1] else values.get("REDIS_PORT", "")
+    port = int(given) if given.isdigit() else 6379
     text = " ".join(command)
     persistent = bool(re.search(r"--appendonly\s+yes", text) or re.search(r"--save\s+\d", text)) or any(
         str(v).split(":")[1:2] == ["/data"] for v in spec.get("volumes") or [] if isinstance(v, str))

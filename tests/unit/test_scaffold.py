@@ -649,3 +649,18 @@ def test_the_next_commands_keep_the_vault_password_and_ansible_cfg_a_project_has
     project = tmp_path / "none"
     run_vault_steps(steps["none"], project)
     assert "s3cret-db" in vault_text(project, project / ".vault_pass")
+
+
+def test_redis_settings_on_its_command_line_are_read_as_compose_interpolates_them(tmp_path):
+    found = scaffold.detect(stack(tmp_path, """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+  redis:
+    image: redis:7
+    command: redis-server --port ${REDIS_PORT:-6380} --requirepass "${REDIS_PASSWORD}" --appendonly yes
+    ports: ["127.0.0.1:${REDIS_PORT:-6380}:${REDIS_PORT:-6380}"]
+""", "REDIS_PASSWORD=rpw-from-env\n"))
+    assert (found.redis.port, found.redis.persistent, found.redis.reachable) == (6380, True, True)
+    assert {s.variable: s.value for s in found.secrets} == {"vault_redis_password": "rpw-from-env"}
