@@ -1001,13 +1001,27 @@ def write(scaffold: Scaffold) -> list[str]:
     if existing:
         raise BadInput(f"deployctl init writes no file that exists already: {', '.join(existing)} "
                        f"(in {scaffold.root})")
+    made: list[Path] = []  # files and directories this call created, removed again when one cannot be written
     for name, content in scaffold.files.items():
         target = scaffold.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mode = 0o600 if name in scaffold.private else 0o644
-        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(handle, "w") as stream:
-            stream.write(content)
+        try:
+            missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made += reversed(missing)
+            mode = 0o600 if name in scaffold.private else 0o644
+            handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            made.append(target)
+            with os.fdopen(handle, "w") as stream:
+                stream.write(content)
+        except OSError as exc:
+            for path in reversed(made):
+                with contextlib.suppress(OSError):
+                    if path.is_dir():
+                        path.rmdir()
+                    else:
+                        path.unlink()
+            raise BadInput(f"deployctl init could not write {name} ({exc.strerror}); nothing was written "
+                           f"(in {scaffold.root})") from None
     return sorted(scaffold.files)
 
 

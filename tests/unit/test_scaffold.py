@@ -664,3 +664,19 @@ services:
 """, "REDIS_PASSWORD=rpw-from-env\n"))
     assert (found.redis.port, found.redis.persistent, found.redis.reachable) == (6380, True, True)
     assert {s.variable: s.value for s in found.secrets} == {"vault_redis_password": "rpw-from-env"}
+
+
+def test_init_that_cannot_write_a_file_leaves_none_behind(tmp_path):
+    """Otherwise the files written before the one that failed make the next init refuse."""
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    project = tmp_path / "project"
+    (project / "inventory" / "local").mkdir(parents=True)
+    (project / "inventory" / "local" / "group_vars").write_text("a file where init needs a directory\n")
+    refused = deployctl("init", str(compose), cwd=project)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "nothing was written" in refused.stderr, refused.stderr
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == [
+        "inventory", "inventory/local", "inventory/local/group_vars"]
+
+    (project / "inventory" / "local" / "group_vars").unlink()
+    assert deployctl("init", str(compose), cwd=project).returncode == 0
