@@ -133,6 +133,7 @@ class Stack:
     env_additions: dict[str, str]  # what the patch adds to the .env beside it: the secrets moved out of the file
     edits: list[str]  # one line per edit, for people
     built: bool  # an app service has build:, so `docker compose build` makes the image
+    host_files: list[str]  # beside the compose files, what compose reads on a host: .env, env_file, secrets' files
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -339,6 +340,13 @@ def _serves(name: str, spec: dict) -> bool:
             or (bool(healthcheck.get("test")) and not healthcheck.get("disable")))
 
 
+def _env_files(spec: dict) -> list[str]:
+    """A service's env_file entries: one path, or a list of paths and {path, required}."""
+    entries = spec.get("env_file") or []
+    return [str(entry.get("path") if isinstance(entry, dict) else entry)
+            for entry in ([entries] if isinstance(entries, str | dict) else entries)]
+
+
 def _command_text(spec: dict) -> str:
     parts = []
     for key in ("command", "entrypoint"):
@@ -483,9 +491,8 @@ def detect(compose_file: Path) -> Stack:
         """The container's environment as far as this machine knows it: .env, env_file, environment, and the
         content of compose secrets a KEY_FILE names (/run/secrets/<name>) as KEY."""
         values = dict(env)
-        for entry in spec.get("env_file") or []:
-            entry_path = entry.get("path") if isinstance(entry, dict) else entry
-            values.update(read_dotenv(directory / str(entry_path)))
+        for entry_path in _env_files(spec):
+            values.update(read_dotenv(directory / entry_path))
         values.update({key: interpolate(value, env) for key, value, _node in _environment(spec, None)})
         for key, value in list(values.items()):
             source = secret_files.get(value.removeprefix("/run/secrets/")) if key.endswith("_FILE") else None
@@ -574,7 +581,19 @@ def detect(compose_file: Path) -> Stack:
         patch=edits.patch(path.name) + env_patch if edits.changes else "", edited=edits.edited(),
         shown_patch=edits.shown_patch(path.name) + env_shown if edits.changes else "",
         env_additions=additions, edits=edits.lines, built=built,
+        host_files=_host_files(directory, services, data, bool(additions)),
         notes=notes)
+
+
+def _host_files(directory: Path, services: dict, data: dict, env_additions: bool) -> list[str]:
+    """The files besides the compose files that compose reads (relative to their directory, or absolute): its .env
+    (when there is one or the patch writes one), the services' env_file entries, the compose secrets' files."""
+    paths = [".env"] if env_additions or (directory / ".env").is_file() else []
+    paths += [path for spec in services.values() for path in _env_files(spec or {})]
+    paths += [str(spec["file"]) for spec in (data.get("secrets") or {}).values()
+              if isinstance(spec, dict) and spec.get("file")]
+    return list(dict.fromkeys(path if os.path.isabs(os.path.expanduser(path)) else os.path.normpath(path)
+                              for path in paths))
 
 
 def _dotenv_patch(path: Path, additions: dict[str, str]) -> tuple[str, str]:
@@ -884,7 +903,8 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     elif stack.edits:
         steps.append(f"edit {compose_path} as listed above")
     if not local:
-        steps.append(f"copy {', '.join(stack.files)} (and its .env) to {compose_dir} on every host")
+        steps.append(f"copy {', '.join([*stack.files, *stack.host_files])} to {compose_dir} on every host, at the "
+                     "same paths")
     if stack.secrets:
         steps += _vault_steps(root, f"{inventory}/group_vars/all/vault.yml")
     if stack.built:

@@ -680,3 +680,30 @@ def test_init_that_cannot_write_a_file_leaves_none_behind(tmp_path):
 
     (project / "inventory" / "local" / "group_vars").unlink()
     assert deployctl("init", str(compose), cwd=project).returncode == 0
+
+
+def test_the_copy_step_names_every_file_compose_reads_on_the_hosts(tmp_path):
+    """An env_file or a compose secret's file missing on a host fails `config` in preflight, or `up` in the
+    middle of the release."""
+    compose = stack(tmp_path, """\
+services:
+  web:
+    build: .
+    network_mode: host
+    env_file: config/web.env
+    secrets: [db_password]
+  worker:
+    build: .
+    env_file: [./config/web.env, {path: config/worker.env, required: false}]
+secrets:
+  db_password:
+    file: ./secrets/db_password
+""", "TZ=UTC\n")
+    (compose.parent / "config").mkdir()
+    (compose.parent / "config" / "web.env").write_text("PORT=8080\nSENTRY_TOKEN=tok\n")
+    found = scaffold.detect(compose)
+    assert found.host_files == [".env", "config/web.env", "config/worker.env", "secrets/db_password"]
+    assert found.health_port == 8080, "a single env_file is read too: PORT, with host networking"
+    project = scaffold.plan(found, tmp_path / "project", "production", ["web1"], None)
+    assert ("copy docker-compose.yml, .env, config/web.env, config/worker.env, secrets/db_password to "
+            "/srv/scheduler on every host, at the same paths") in project.next_steps
