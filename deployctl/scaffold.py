@@ -912,6 +912,12 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
                      f"      # {stack.image}:v1")
     else:
         steps.append(f"build or tag {stack.image}:v1 on this machine")
+    data_services = [s.service for s in (stack.database, stack.redis) if s is not None]
+    if data_services:
+        # a release starts the app's services only; its backup and migrations need the database running
+        up = f"up -d {' '.join(data_services)}      # the data services: a release starts only the app's"
+        steps.append(f"docker compose -p {stack.project} -f {shlex.quote(compose_path)} {up}" if local
+                     else f"on every host, in {compose_dir}: docker compose -p {stack.project} {up}")
     env_option = "" if environment == "local" else f"-e {environment} "
     steps.append(f"deployctl {env_option}release v1")
     return Scaffold(root, environment, files, private, stack, steps)
