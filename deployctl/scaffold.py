@@ -570,9 +570,8 @@ def detect(compose_file: Path) -> Stack:
         notes.append(f"Redis ({redis.service}) publishes no port to the host: no redis check was added")
     additions = {name: value for name, value in secrets.moved.items() if name not in env}
     env_patch, env_shown = _dotenv_patch(directory / ".env", additions)
-    for name in secrets.kept:
-        notes.append(f"{name} stays in the compose file: no .env line can carry its value exactly (it is in the "
-                     "vault file too); a compose secret (a file) can")
+    for name, why in secrets.kept.items():
+        notes.append(f"{name} stays in the compose file: {why} (it is in the vault file too)")
     return Stack(
         compose_file=path.resolve(), files=files, project=project, services=sorted_services, image=repository,
         tag_variable=tag_variable, app_services=app_services, worker_services=workers,
@@ -631,7 +630,7 @@ class _Secrets:
     def __init__(self):
         self.by_value: dict[str, Secret] = {}
         self.moved: dict[str, str] = {}  # NAME -> value: the compose file reads ${NAME} after the edits
-        self.kept: list[str] = []  # names of secrets the compose file keeps: no .env line carries their value
+        self.kept: dict[str, str] = {}  # NAME -> why the compose file keeps the secret
 
     def add(self, name: str, value: str, where: str) -> str:
         secret = self.by_value.get(value)
@@ -660,7 +659,7 @@ class _Secrets:
             new = raw[:credentials.start("password")] + f"${{{name}}}" + raw[credentials.end("password"):]
             masked = raw[:credentials.start("password")] + MASK + raw[credentials.end("password"):]
             shown = f"{key}={masked}" if in_list else masked
-            if self._movable(name, password) and edits.replace(
+            if self._movable(name, password, env) and edits.replace(
                     node, f"{key}={new}" if in_list else new, f"{service}: the password in {key} -> ${{{name}}}",
                     shown):
                 self.moved[name] = password
@@ -680,20 +679,22 @@ class _Secrets:
             return  # the file names it only
         # a literal, or a default that holds the secret, leaves the file
         shown = f"{key}={MASK}" if in_list else MASK
-        if self._movable(name, value) and edits.replace(
+        if self._movable(name, value, env) and edits.replace(
                 node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}", shown):
             self.moved[name] = value
         else:
             edits.hide(node, shown)
 
-    def _movable(self, name: str, value: str) -> bool:
+    def _movable(self, name: str, value: str, env: dict[str, str]) -> bool:
         """Whether the .env beside the compose file can carry `value` as NAME exactly; else the compose file keeps
-        it (a ${NAME} nothing sets would hand the container an empty value)."""
+        it (a ${NAME} nothing sets, or that the .env sets otherwise, would hand the container another value)."""
         try:
             envfile.quote(name, value)
         except envfile.EnvError:
-            if name not in self.kept:
-                self.kept.append(name)
+            self.kept.setdefault(name, "no .env line can carry its value exactly; a compose secret (a file) can")
+            return False
+        if env.get(name, value) != value:
+            self.kept.setdefault(name, f"the .env gives {name} another value")
             return False
         return True
 

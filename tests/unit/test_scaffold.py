@@ -719,3 +719,28 @@ def test_the_next_commands_start_the_data_services_before_the_first_release(tmp_
     assert steps.index(up) == len(steps) - 2, "just before the release"
     steps = scaffold.plan(found, tmp_path / "project", "production", ["web1"], None).next_steps
     assert steps[-2].startswith("on every host, in /srv/scheduler: docker compose -p scheduler up -d mysql redis")
+
+
+def test_a_secret_whose_name_the_env_file_gives_another_value_stays_in_the_compose_file(tmp_path):
+    """${POSTGRES_PASSWORD} would hand the database the .env's value instead of the one it was given."""
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      REPORTING_PASSWORD: "${POSTGRES_PASSWORD}"
+  db:
+    image: postgres:16
+    environment:
+      POSTGRES_PASSWORD: prod-literal-pw
+"""
+    compose = stack(tmp_path, text, "POSTGRES_PASSWORD=another-pw\n")
+    found = scaffold.detect(compose)
+    assert "POSTGRES_PASSWORD stays in the compose file: the .env gives POSTGRES_PASSWORD another value" in " ".join(
+        found.notes)
+    assert found.database.password_variable and found.env_additions == {}
+    if found.patch:
+        apply_patch(found, compose)
+    env = scaffold.read_dotenv(compose.parent / ".env")
+    assert environments(compose.read_text(), env) == environments(text, {"POSTGRES_PASSWORD": "another-pw"})
