@@ -534,7 +534,15 @@ def detect(compose_file: Path) -> Stack:
         raise BadInput(f"{compose_file}: every service of {repository} looks like a worker, bot or migration: "
                        "deployctl needs one that serves the app")
 
-    secrets = _Secrets()
+    # what the services that load the .env as an env_file get: every secret moved there reaches them too
+    dotenv = (directory / ".env").resolve()
+    dotenv_readers = {
+        str(name): {**{key: value for entry in _env_files(spec or {})
+                       for key, value in read_dotenv(directory / entry).items()},
+                    **{key: interpolate(value, env) for key, value, _node in _environment(spec or {}, None)}}
+        for name, spec in services.items() if any((directory / entry).resolve() == dotenv
+                                                   for entry in _env_files(spec or {}))}
+    secrets = _Secrets(dotenv_readers)
     database = _database(sorted_services, services, service_env, secrets)
     redis = _redis(sorted_services, services, service_env, secrets, env)
     bot = _bot(sorted_services, services, service_env, secrets)
@@ -627,7 +635,8 @@ def _unified_diff(before: list[str], after: list[str], old_name: str, new_name: 
 class _Secrets:
     """Secret values found in the compose environment, one vault variable per value."""
 
-    def __init__(self):
+    def __init__(self, dotenv_readers: dict[str, dict[str, str]]):
+        self.dotenv_readers = dotenv_readers  # service -> its environment, for those that load the .env
         self.by_value: dict[str, Secret] = {}
         self.moved: dict[str, str] = {}  # NAME -> value: the compose file reads ${NAME} after the edits
         self.kept: dict[str, str] = {}  # NAME -> why the compose file keeps the secret
@@ -695,6 +704,12 @@ class _Secrets:
             return False
         if env.get(name, value) != value:
             self.kept.setdefault(name, f"the .env gives {name} another value")
+            return False
+        newly = [service for service, values in self.dotenv_readers.items()
+                 if not any(value in given for given in values.values())]
+        if newly:
+            self.kept.setdefault(name, f"{', '.join(newly)} {'loads' if len(newly) == 1 else 'load'} .env as an "
+                                       "env_file, and the value would reach it")
             return False
         return True
 

@@ -744,3 +744,29 @@ services:
         apply_patch(found, compose)
     env = scaffold.read_dotenv(compose.parent / ".env")
     assert environments(compose.read_text(), env) == environments(text, {"POSTGRES_PASSWORD": "another-pw"})
+
+
+def test_a_secret_moves_to_the_env_file_only_when_the_services_loading_it_had_it_already(tmp_path):
+    """A service with `env_file: .env` gets every variable of it: the database's root password moved there would
+    reach the app's containers (and their `docker inspect`)."""
+    compose = stack(tmp_path, """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    env_file: [./.env]
+    environment:
+      DATABASE_URL: mysql://shop:shop-pw@db/shop
+  db:
+    image: mariadb:11
+    environment:
+      MARIADB_USER: shop
+      MARIADB_PASSWORD: shop-pw
+      MARIADB_ROOT_PASSWORD: root-pw
+""", "TZ=UTC\n")
+    found = scaffold.detect(compose)
+    assert found.env_additions == {"MARIADB_PASSWORD": "shop-pw"}, "web had that one in its DATABASE_URL"
+    assert "MARIADB_ROOT_PASSWORD stays in the compose file: web loads .env as an env_file" in " ".join(found.notes)
+    apply_patch(found, compose)
+    assert "root-pw" not in (compose.parent / ".env").read_text()
+    assert yaml.safe_load(compose.read_text())["services"]["db"]["environment"]["MARIADB_ROOT_PASSWORD"] == "root-pw"
