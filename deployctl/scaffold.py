@@ -914,7 +914,11 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     steps = []
     if stack.patch:
         directory = os.path.relpath(stack.compose_file.parent, root)
-        steps.append(f"patch -p1 -d {shlex.quote(directory)} < compose-edits.patch && rm compose-edits.patch"
+        dotenv = stack.compose_file.parent / ".env"
+        # the secrets it moves there: a .env the patch creates would be 0644, one others may read stays so
+        private_dotenv = stack.env_additions and (not dotenv.exists() or dotenv.stat().st_mode & 0o077)
+        chmod = f" && chmod 600 {shlex.quote(os.path.join(directory, '.env'))}" if private_dotenv else ""
+        steps.append(f"patch -p1 -d {shlex.quote(directory)} < compose-edits.patch{chmod} && rm compose-edits.patch"
                      "      # the edits above")
     elif stack.edits:
         steps.append(f"edit {compose_path} as listed above")

@@ -481,7 +481,8 @@ def test_the_text_output_shows_the_edits_and_the_next_commands(tmp_path):
     out = made.stdout
     assert "+    image: \"scheduler:${APP_TAG:-latest}\"" in out, "the patch is shown as it is ([...] included)"
     assert "-      MYSQL_ROOT_PASSWORD: ********" in out and "r00t-pw" not in out, "secrets are not printed"
-    assert "patch -p1 -d ../scheduler < compose-edits.patch && rm compose-edits.patch" in out
+    assert ("patch -p1 -d ../scheduler < compose-edits.patch && chmod 600 ../scheduler/.env && rm compose-edits.patch"
+            in out)
     assert "+MYSQL_PASSWORD=********" in out
     assert "ansible-vault encrypt inventory/staging/group_vars/all/vault.yml" in out
     assert "APP_TAG=v1 docker compose -f ../scheduler/docker-compose.yml build" in out
@@ -770,3 +771,22 @@ services:
     apply_patch(found, compose)
     assert "root-pw" not in (compose.parent / ".env").read_text()
     assert yaml.safe_load(compose.read_text())["services"]["db"]["environment"]["MARIADB_ROOT_PASSWORD"] == "root-pw"
+
+
+@pytest.mark.parametrize("existing", [None, 0o644, 0o640])
+def test_the_env_file_the_secrets_move_to_is_left_readable_by_its_owner_only(tmp_path, existing):
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    if existing is not None:
+        (compose.parent / ".env").write_text("TZ=UTC\n")
+        (compose.parent / ".env").chmod(existing)
+    project = tmp_path / "project"
+    project.mkdir()
+    made = deployctl("--json", "init", str(compose), cwd=project)
+    assert made.returncode == 0, made.stderr
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    patched = subprocess.run(["bash", "-c", json.loads(made.stdout)["next"][0]], cwd=project, capture_output=True,
+                             text=True)
+    assert patched.returncode == 0, patched.stdout + patched.stderr
+    assert "MYSQL_ROOT_PASSWORD=r00t-pw" in (compose.parent / ".env").read_text()
+    assert stat.S_IMODE(os.stat(compose.parent / ".env").st_mode) == 0o600
