@@ -1007,10 +1007,16 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
         out.append(line("deployctl_database", value, f"{db.image} in the compose service {db.service}"))
     if stack.redis is not None:
         redis = {"role": "data" if stack.redis.persistent else "cache", "service": stack.redis.service}
+        # the backup talks to it from the db host: without its port, to whatever answers on 6379 there
+        if stack.redis.reachable:
+            redis.update(host="127.0.0.1", port=stack.redis.port)
         if stack.redis.password_variable:
             redis["password"] = f"{{{{ {stack.redis.password_variable} }}}}"
-        out.append(line("deployctl_redis", redis, "persistence on: backed up with the database"
-                        if stack.redis.persistent else "no persistence: a cache, left alone"))
+        written = line("deployctl_redis", redis, "persistence on: backed up with the database"
+                       if stack.redis.persistent else "no persistence: a cache, left alone")
+        out.append(written if stack.redis.reachable or not stack.redis.persistent else
+                   "# publish Redis's port on the db host's 127.0.0.1 (backups reach it there), then uncomment:\n# "
+                   + written)
     if stack.bot is not None and stack.bot.webhook and stack.bot.token_variable:
         bot = {"token": f"{{{{ {stack.bot.token_variable} }}}}",
                "webhook_url": stack.bot.webhook_url or "https://YOUR.DOMAIN/telegram/webhook"}

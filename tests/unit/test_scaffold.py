@@ -315,7 +315,8 @@ def test_an_in_house_data_image_file_secrets_and_host_networking(tmp_path):
     assert variables["deployctl_verify_checks"] == [{"name": "port", "type": "tcp", "host": "127.0.0.1", "port": 3100},
                                                     {"name": "redis", "type": "redis", "host": "127.0.0.1",
                                                      "port": 6380}]
-    assert variables["deployctl_redis"] == {"role": "data", "service": "kv"}
+    assert variables["deployctl_redis"] == {"role": "data", "service": "kv", "host": "127.0.0.1", "port": 6380}, (
+        "backups reach it where the host does, not on 6379")
     assert "deployctl_telegram_bot" not in variables, "a webhook bot without its URL is written commented out"
     assert "# deployctl_telegram_bot: {token: '{{ vault_telegram_token }}', webhook_url:" in written
     assert "from-a-file" not in written and "42:token" not in written
@@ -463,7 +464,7 @@ def test_init_writes_nothing_over_an_existing_file(tmp_path):
     variables = yaml.safe_load(written)
     assert variables["deployctl_database"] == {"engine": "mysql", "service": "mysql", "name": "scheduler",
                                                "user": "scheduler", "password": "{{ vault_mysql_password }}"}
-    assert variables["deployctl_redis"] == {"role": "data", "service": "redis"}
+    assert variables["deployctl_redis"] == {"role": "data", "service": "redis", "host": "127.0.0.1", "port": 6379}
     assert variables["deployctl_verify_checks"] == [
         {"name": "health", "type": "http", "url": "http://127.0.0.1:3000/health"},
         {"name": "redis", "type": "redis", "host": "127.0.0.1", "port": 6379},
@@ -790,3 +791,23 @@ def test_the_env_file_the_secrets_move_to_is_left_readable_by_its_owner_only(tmp
     assert patched.returncode == 0, patched.stdout + patched.stderr
     assert "MYSQL_ROOT_PASSWORD=r00t-pw" in (compose.parent / ".env").read_text()
     assert stat.S_IMODE(os.stat(compose.parent / ".env").st_mode) == 0o600
+
+
+def test_a_redis_holding_data_the_db_host_cannot_reach_is_written_commented_out(tmp_path):
+    """Backups talk to Redis from the db host: without a port there, they would talk to whatever answers on
+    127.0.0.1:6379 (another project's Redis)."""
+    found = scaffold.detect(stack(tmp_path, """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+  redis:
+    image: redis:7
+    command: redis-server --appendonly yes --requirepass "s3cret"
+"""))
+    assert (found.redis.persistent, found.redis.reachable) == (True, False)
+    written = scaffold.plan(found, tmp_path / "project", "local", [], None).files[
+        "inventory/local/group_vars/all/deployctl.yml"]
+    assert "deployctl_redis" not in yaml.safe_load(written)
+    assert ("# publish Redis's port on the db host's 127.0.0.1 (backups reach it there), then uncomment:\n"
+            "# deployctl_redis: {role: data, service: redis, password: '{{ vault_redis_password }}'}") in written
