@@ -868,6 +868,10 @@ class Pipeline:
         if hosts is not None and run.before and set(run.before) <= set(hosts):
             hosts = None  # every host preflight found
         result = self._run_phase(run, phase, extra, run.limit(hosts))
+        if result.status in ("canceled", "timeout") and run.stream is None:
+            # Ansible's workers run in sessions of their own: one cut short would go on (streaming an image to
+            # a host, say) after deployctl has said what changed
+            processes.kill_marked(processes.RUN_ID)
         passed = gate(result)
         run.unreachable.update(result.unreachable)
         if result.output and not run.failure_output:

@@ -11,6 +11,8 @@ never changed here). `write()` writes the files, refusing before writing anythin
 from __future__ import annotations
 
 import collections
+import configparser
+import contextlib
 import difflib
 import json
 import os
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 from ansible_collections.deployctl.core.plugins.module_utils import envfile
 
+from deployctl import ansible_config
 from deployctl.errors import BadInput
 
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -58,6 +61,7 @@ DATABASE_KEYS = {
     "user": ("MARIADB_USER", "MYSQL_USER", "POSTGRES_USER", "DB_USER", "DB_USERNAME", "DATABASE_USER"),
     "password": ("MARIADB_PASSWORD", "MYSQL_PASSWORD", "POSTGRES_PASSWORD", "DB_PASSWORD", "DATABASE_PASSWORD"),
 }
+MASK = "********"
 PORT_KEYS = ("APP_PORT", "PORT", "HTTP_PORT", "SERVER_PORT", "LISTEN_PORT", "WEB_PORT")
 
 
@@ -124,10 +128,12 @@ class Stack:
     bot: Bot | None
     secrets: list[Secret]
     patch: str  # unified diff of the compose file's edits, "" when none are needed
+    shown_patch: str  # the same as printed: the secrets it takes out and the .env's values masked
     edited: str  # the compose file's text with those edits
     env_additions: dict[str, str]  # what the patch adds to the .env beside it: the secrets moved out of the file
     edits: list[str]  # one line per edit, for people
     built: bool  # an app service has build:, so `docker compose build` makes the image
+    host_files: list[str]  # beside the compose files, what compose reads on a host: .env, env_file, secrets' files
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -334,6 +340,13 @@ def _serves(name: str, spec: dict) -> bool:
             or (bool(healthcheck.get("test")) and not healthcheck.get("disable")))
 
 
+def _env_files(spec: dict) -> list[str]:
+    """A service's env_file entries: one path, or a list of paths and {path, required}."""
+    entries = spec.get("env_file") or []
+    return [str(entry.get("path") if isinstance(entry, dict) else entry)
+            for entry in ([entries] if isinstance(entries, str | dict) else entries)]
+
+
 def _command_text(spec: dict) -> str:
     parts = []
     for key in ("command", "entrypoint"):
@@ -377,14 +390,25 @@ class _Edits:
     def __init__(self, text: str):
         self.text = text
         self.changes: dict[tuple[int, int], str] = {}
+        self.masks: dict[tuple[int, int], str] = {}  # what the printed patch shows in place of a secret it edits
+        self.hidden: dict[tuple[int, int], str] = {}  # ... and of one it leaves in place
         self.lines: list[str] = []
 
-    def replace(self, node: yaml.Node | None, value: str, why: str) -> bool:
+    def replace(self, node: yaml.Node | None, value: str, why: str, shown: str | None = None) -> bool:
+        """`node` becomes the quoted `value`; `shown`, when given, is what the printed patch shows of the node as
+        it was (its text may hold a secret in any YAML form: escapes, a block scalar over several lines)."""
         if node is None or not isinstance(node, yaml.ScalarNode):
             return False
-        self.changes[(node.start_mark.index, node.end_mark.index)] = json.dumps(value)
+        self.changes[_span(node)] = _scalar(node, value)
+        if shown is not None:
+            self.masks[_span(node)] = _shown(node, shown)
         self.lines.append(why)
         return True
+
+    def hide(self, node: yaml.Node | None, shown: str) -> None:
+        """A secret left in the file: the printed patch shows `shown` instead, should its lines be shown."""
+        if isinstance(node, yaml.ScalarNode):
+            self.hidden[_span(node)] = _shown(node, shown)
 
     def insert_before(self, mapping: yaml.Node | None, key: str, line: str, why: str) -> bool:
         key_node = _key_node(mapping, key) if mapping is not None else None
@@ -396,13 +420,38 @@ class _Edits:
         return True
 
     def edited(self) -> str:
-        edited = self.text
-        for (start, end), replacement in sorted(self.changes.items(), reverse=True):
-            edited = edited[:start] + replacement + edited[end:]
-        return edited
+        return _apply(self.text, self.changes)
 
     def patch(self, name: str) -> str:
         return _unified_diff(self.text.splitlines(True), self.edited().splitlines(True), f"a/{name}", f"b/{name}")
+
+    def shown_patch(self, name: str) -> str:
+        """The patch as printed: the secrets it takes out and those around its edits masked."""
+        return _unified_diff(_apply(self.text, {**self.masks, **self.hidden}).splitlines(True),
+                             _apply(self.text, {**self.changes, **self.hidden}).splitlines(True),
+                             f"a/{name}", f"b/{name}")
+
+
+def _span(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.index, node.end_mark.index
+
+
+def _scalar(node: yaml.Node, value: str) -> str:
+    """`value` quoted in place of the scalar `node`; a block scalar (| or >) ends after its last line break, and
+    so does what replaces it."""
+    return json.dumps(value) + ("\n" if node.style in ("|", ">") else "")
+
+
+def _shown(node: yaml.Node, text: str) -> str:
+    """`text` in place of the scalar `node`, for people only: quoted as the node was."""
+    quote = node.style if node.style in ("'", '"') else ""
+    return quote + text + quote + ("\n" if node.style in ("|", ">") else "")
+
+
+def _apply(text: str, changes: dict[tuple[int, int], str]) -> str:
+    for (start, end), replacement in sorted(changes.items(), reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
 
 
 # --------------------------------------------------------------------------- detection
@@ -442,9 +491,8 @@ def detect(compose_file: Path) -> Stack:
         """The container's environment as far as this machine knows it: .env, env_file, environment, and the
         content of compose secrets a KEY_FILE names (/run/secrets/<name>) as KEY."""
         values = dict(env)
-        for entry in spec.get("env_file") or []:
-            entry_path = entry.get("path") if isinstance(entry, dict) else entry
-            values.update(read_dotenv(directory / str(entry_path)))
+        for entry_path in _env_files(spec):
+            values.update(read_dotenv(directory / entry_path))
         values.update({key: interpolate(value, env) for key, value, _node in _environment(spec, None)})
         for key, value in list(values.items()):
             source = secret_files.get(value.removeprefix("/run/secrets/")) if key.endswith("_FILE") else None
@@ -486,7 +534,15 @@ def detect(compose_file: Path) -> Stack:
         raise BadInput(f"{compose_file}: every service of {repository} looks like a worker, bot or migration: "
                        "deployctl needs one that serves the app")
 
-    secrets = _Secrets()
+    # what the services that load the .env as an env_file get: every secret moved there reaches them too
+    dotenv = (directory / ".env").resolve()
+    dotenv_readers = {
+        str(name): {**{key: value for entry in _env_files(spec or {})
+                       for key, value in read_dotenv(directory / entry).items()},
+                    **{key: interpolate(value, env) for key, value, _node in _environment(spec or {}, None)}}
+        for name, spec in services.items() if any((directory / entry).resolve() == dotenv
+                                                   for entry in _env_files(spec or {}))}
+    secrets = _Secrets(dotenv_readers)
     database = _database(sorted_services, services, service_env, secrets)
     redis = _redis(sorted_services, services, service_env, secrets, env)
     bot = _bot(sorted_services, services, service_env, secrets)
@@ -521,36 +577,53 @@ def detect(compose_file: Path) -> Stack:
     if redis is not None and not redis.reachable:
         notes.append(f"Redis ({redis.service}) publishes no port to the host: no redis check was added")
     additions = {name: value for name, value in secrets.moved.items() if name not in env}
-    env_patch, unwritable = _dotenv_patch(directory / ".env", additions)
-    for name in unwritable:
-        notes.append(f"{name} cannot be written to .env exactly: add it there by hand (its value is in the vault file)")
+    env_patch, env_shown = _dotenv_patch(directory / ".env", additions)
+    for name, why in secrets.kept.items():
+        notes.append(f"{name} stays in the compose file: {why} (it is in the vault file too)")
     return Stack(
         compose_file=path.resolve(), files=files, project=project, services=sorted_services, image=repository,
         tag_variable=tag_variable, app_services=app_services, worker_services=workers,
         migrate_command=migrate_command, health_port=port, health_path=path_, health_source=source,
         database=database, redis=redis, bot=bot, secrets=secrets.found(),
         patch=edits.patch(path.name) + env_patch if edits.changes else "", edited=edits.edited(),
-        env_additions={k: v for k, v in additions.items() if k not in unwritable}, edits=edits.lines, built=built,
+        shown_patch=edits.shown_patch(path.name) + env_shown if edits.changes else "",
+        env_additions=additions, edits=edits.lines, built=built,
+        host_files=_host_files(directory, services, data, bool(additions)),
         notes=notes)
 
 
-def _dotenv_patch(path: Path, additions: dict[str, str]) -> tuple[str, list[str]]:
+def _host_files(directory: Path, services: dict, data: dict, env_additions: bool) -> list[str]:
+    """The files besides the compose files that compose reads (relative to their directory, or absolute): its .env
+    (when there is one or the patch writes one), the services' env_file entries, the compose secrets' files."""
+    paths = [".env"] if env_additions or (directory / ".env").is_file() else []
+    paths += [path for spec in services.values() for path in _env_files(spec or {})]
+    paths += [str(spec["file"]) for spec in (data.get("secrets") or {}).values()
+              if isinstance(spec, dict) and spec.get("file")]
+    return list(dict.fromkeys(path if os.path.isabs(os.path.expanduser(path)) else os.path.normpath(path)
+                              for path in paths))
+
+
+def _dotenv_patch(path: Path, additions: dict[str, str]) -> tuple[str, str]:
     """The part of the patch that gives the compose project's .env the secrets the compose file no longer holds
-    (quoted as deployctl quotes its own .env lines), and the names no quoting carries exactly."""
-    lines, unwritable = [], []
-    for name, value in additions.items():
-        try:
-            lines.append(f"{name}={envfile.quote(name, value)}\n")
-        except envfile.EnvError:
-            unwritable.append(name)
+    (quoted as deployctl quotes its own .env lines), and the same as printed (every value masked: the lines of
+    the .env shown around the additions may hold secrets init knows nothing of)."""
+    lines = [f"{name}={envfile.quote(name, value)}\n" for name, value in additions.items()]
+    shown = [f"{name}={MASK}\n" for name in additions]
     if not lines:
-        return "", unwritable
-    existing = path.read_text().splitlines(True) if path.is_file() else []
-    if existing and not existing[-1].endswith("\n"):
-        existing = [*existing[:-1], existing[-1] + "\n"]
-    added = [*existing, "# moved out of the compose file by deployctl init (in the vault file too)\n", *lines]
-    return _unified_diff(path.read_text().splitlines(True) if existing else [], added,
-                         "a/.env" if existing else "/dev/null", "b/.env"), unwritable
+        return "", ""
+    before = path.read_text().splitlines(True) if path.is_file() else []
+    existing = [*before[:-1], before[-1] + "\n"] if before and not before[-1].endswith("\n") else before
+    header = "# moved out of the compose file by deployctl init (in the vault file too)\n"
+    old_name = "a/.env" if before else "/dev/null"
+    masked_before, masked_existing = ([_masked_dotenv_line(line) for line in text] for text in (before, existing))
+    return (_unified_diff(before, [*existing, header, *lines], old_name, "b/.env"),
+            _unified_diff(masked_before, [*masked_existing, header, *shown], old_name, "b/.env"))
+
+
+def _masked_dotenv_line(line: str) -> str:
+    if line.lstrip().startswith("#") or "=" not in line:
+        return line
+    return f"{line.partition('=')[0]}={MASK}" + ("\n" if line.endswith("\n") else "")
 
 
 def _unified_diff(before: list[str], after: list[str], old_name: str, new_name: str) -> str:
@@ -562,9 +635,11 @@ def _unified_diff(before: list[str], after: list[str], old_name: str, new_name: 
 class _Secrets:
     """Secret values found in the compose environment, one vault variable per value."""
 
-    def __init__(self):
+    def __init__(self, dotenv_readers: dict[str, dict[str, str]]):
+        self.dotenv_readers = dotenv_readers  # service -> its environment, for those that load the .env
         self.by_value: dict[str, Secret] = {}
         self.moved: dict[str, str] = {}  # NAME -> value: the compose file reads ${NAME} after the edits
+        self.kept: dict[str, str] = {}  # NAME -> why the compose file keeps the secret
 
     def add(self, name: str, value: str, where: str) -> str:
         secret = self.by_value.get(value)
@@ -591,9 +666,14 @@ class _Secrets:
             name = self._name_for(password) or f"{key}_PASSWORD"
             self.add(name, password, f"{service} {key}")
             new = raw[:credentials.start("password")] + f"${{{name}}}" + raw[credentials.end("password"):]
-            if edits.replace(node, f"{key}={new}" if in_list else new,
-                             f"{service}: the password in {key} -> ${{{name}}}"):
+            masked = raw[:credentials.start("password")] + MASK + raw[credentials.end("password"):]
+            shown = f"{key}={masked}" if in_list else masked
+            if self._movable(name, password, env) and edits.replace(
+                    node, f"{key}={new}" if in_list else new, f"{service}: the password in {key} -> ${{{name}}}",
+                    shown):
                 self.moved[name] = password
+            else:
+                edits.hide(node, shown)
             return
         if not SECRET_NAME.search(key):
             return
@@ -604,10 +684,34 @@ class _Secrets:
         name = variable or self._name_for(value) or key
         self.add(name, value, f"{service} {key}")
         with_default = bool(variable and VARIABLE.fullmatch(raw.strip()).group("arg"))
+        if variable is not None and not with_default:
+            return  # the file names it only
         # a literal, or a default that holds the secret, leaves the file
-        if (variable is None or with_default) and edits.replace(
-                node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}"):
+        shown = f"{key}={MASK}" if in_list else MASK
+        if self._movable(name, value, env) and edits.replace(
+                node, f"{key}=${{{name}}}" if in_list else f"${{{name}}}", f"{service}: {key} -> ${{{name}}}", shown):
             self.moved[name] = value
+        else:
+            edits.hide(node, shown)
+
+    def _movable(self, name: str, value: str, env: dict[str, str]) -> bool:
+        """Whether the .env beside the compose file can carry `value` as NAME exactly; else the compose file keeps
+        it (a ${NAME} nothing sets, or that the .env sets otherwise, would hand the container another value)."""
+        try:
+            envfile.quote(name, value)
+        except envfile.EnvError:
+            self.kept.setdefault(name, "no .env line can carry its value exactly; a compose secret (a file) can")
+            return False
+        if env.get(name, value) != value:
+            self.kept.setdefault(name, f"the .env gives {name} another value")
+            return False
+        newly = [service for service, values in self.dotenv_readers.items()
+                 if not any(value in given for given in values.values())]
+        if newly:
+            self.kept.setdefault(name, f"{', '.join(newly)} {'loads' if len(newly) == 1 else 'load'} .env as an "
+                                       "env_file, and the value would reach it")
+            return False
+        return True
 
     def _name_for(self, value: str) -> str | None:
         secret = self.by_value.get(value)
@@ -652,10 +756,11 @@ def _redis(sorted_services, services, service_env, secrets: _Secrets, env) -> Re
         return None
     service = found[0]
     spec = services[service.name] or {}
-    command = _argv(spec.get("command"))
+    # as the container gets it: compose puts in the .env's variables (and $$ is $)
+    command = [interpolate(part, env) for part in _argv(spec.get("command"))]
     values = service_env(service.name, spec)
-    port = int(command[command.index("--port") + 1] if "--port" in command[:-1] else
-               values.get("REDIS_PORT", "") if values.get("REDIS_PORT", "").isdigit() else 6379)
+    given = command[command.index("--port") + 1] if "--port" in command[:-1] else values.get("REDIS_PORT", "")
+    port = int(given) if given.isdigit() else 6379
     text = " ".join(command)
     persistent = bool(re.search(r"--appendonly\s+yes", text) or re.search(r"--save\s+\d", text)) or any(
         str(v).split(":")[1:2] == ["/data"] for v in spec.get("volumes") or [] if isinstance(v, str))
@@ -733,10 +838,11 @@ class Scaffold:
     next_steps: list[str]
 
     def shown_patch(self) -> str:
-        """The patch as printed: the secrets the compose file held are masked (the file has them, 0600)."""
-        shown = self.stack.patch
+        """The patch as printed: the secrets the compose file held are masked (the file has them, 0600), and so
+        are secret values on the lines around the edits (a password on Redis's command line, say)."""
+        shown = self.stack.shown_patch
         for secret in sorted(self.stack.secrets, key=lambda s: -len(s.value)):
-            shown = shown.replace(secret.value, "********")
+            shown = shown.replace(secret.value, MASK)
         return shown
 
     def as_dict(self) -> dict:
@@ -794,7 +900,8 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     files[f"{inventory}/group_vars/all/deployctl.yml"] = _variables(stack, compose_dir, local, hosts)
     if stack.secrets:
         vault = f"{inventory}/group_vars/all/vault.yml"
-        body = "".join(f"# {', '.join(s.found)}\n{yaml.safe_dump({s.variable: s.value}, width=1000)}"
+        # !unsafe: Ansible would template a value holding {{, {% or {# (a syntax error, or another value)
+        body = "".join(f"# {', '.join(s.found)}\n{s.variable}: !unsafe {json.dumps(s.value)}\n"
                        for s in stack.secrets)
         files[vault] = ("# Secrets found in the compose environment. Encrypt this file before it goes anywhere:\n"
                         f"#   ansible-vault encrypt {vault}\n" + body)
@@ -807,23 +914,54 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     steps = []
     if stack.patch:
         directory = os.path.relpath(stack.compose_file.parent, root)
-        steps.append(f"patch -p1 -d {directory} < compose-edits.patch && rm compose-edits.patch      # the edits above")
+        dotenv = stack.compose_file.parent / ".env"
+        # the secrets it moves there: a .env the patch creates would be 0644, one others may read stays so
+        private_dotenv = stack.env_additions and (not dotenv.exists() or dotenv.stat().st_mode & 0o077)
+        chmod = f" && chmod 600 {shlex.quote(os.path.join(directory, '.env'))}" if private_dotenv else ""
+        steps.append(f"patch -p1 -d {shlex.quote(directory)} < compose-edits.patch{chmod} && rm compose-edits.patch"
+                     "      # the edits above")
     elif stack.edits:
         steps.append(f"edit {compose_path} as listed above")
     if not local:
-        steps.append(f"copy {', '.join(stack.files)} (and its .env) to {compose_dir} on every host")
+        steps.append(f"copy {', '.join([*stack.files, *stack.host_files])} to {compose_dir} on every host, at the "
+                     "same paths")
     if stack.secrets:
-        vault = f"{inventory}/group_vars/all/vault.yml"
-        steps += ["(umask 077; openssl rand -base64 32 > .vault_pass)      # keep it out of git",
-                  "printf '[defaults]\\nvault_password_file = .vault_pass\\n' >> ansible.cfg",
-                  f"ansible-vault encrypt {vault}"]
+        steps += _vault_steps(root, f"{inventory}/group_vars/all/vault.yml")
     if stack.built:
-        steps.append(f"{stack.tag_variable}=v1 docker compose -f {compose_path} build      # {stack.image}:v1")
+        steps.append(f"{stack.tag_variable}=v1 docker compose -f {shlex.quote(compose_path)} build"
+                     f"      # {stack.image}:v1")
     else:
         steps.append(f"build or tag {stack.image}:v1 on this machine")
+    data_services = [s.service for s in (stack.database, stack.redis) if s is not None]
+    if data_services:
+        # a release starts the app's services only; its backup and migrations need the database running
+        up = f"up -d {' '.join(data_services)}      # the data services: a release starts only the app's"
+        steps.append(f"docker compose -p {stack.project} -f {shlex.quote(compose_path)} {up}" if local
+                     else f"on every host, in {compose_dir}: docker compose -p {stack.project} {up}")
     env_option = "" if environment == "local" else f"-e {environment} "
     steps.append(f"deployctl {env_option}release v1")
     return Scaffold(root, environment, files, private, stack, steps)
+
+
+def _vault_steps(root: Path, vault: str) -> list[str]:
+    """How to encrypt the vault file with the Ansible settings deployctl will use (README: The Ansible settings).
+    A vault password file or an ansible.cfg that exists is never overwritten: the vault files the old password
+    encrypts would be lost, and a second [defaults] makes Ansible refuse the file."""
+    config = ansible_config.user_config(root)
+    settings = configparser.ConfigParser(interpolation=None)
+    with contextlib.suppress(configparser.Error):
+        settings.read(config or [])
+    if any(settings.get("defaults", key, fallback="") for key in ("vault_password_file", "vault_identity_list")):
+        return [f"ansible-vault encrypt {vault}      # with the vault password {config} names"]
+    steps = []
+    if not (root / ".vault_pass").exists():
+        steps.append("(umask 077; openssl rand -base64 32 > .vault_pass)      # keep it out of git")
+    if config is None:
+        steps.append("printf '[defaults]\\nvault_password_file = .vault_pass\\n' > ansible.cfg")
+    else:
+        password_file = ".vault_pass" if config.parent == root else str(root / ".vault_pass")
+        steps.append(f"add `vault_password_file = {password_file}` to the [defaults] section of {config}")
+    return [*steps, f"ansible-vault encrypt {vault}"]
 
 
 def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) -> str:
@@ -869,10 +1007,16 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
         out.append(line("deployctl_database", value, f"{db.image} in the compose service {db.service}"))
     if stack.redis is not None:
         redis = {"role": "data" if stack.redis.persistent else "cache", "service": stack.redis.service}
+        # the backup talks to it from the db host: without its port, to whatever answers on 6379 there
+        if stack.redis.reachable:
+            redis.update(host="127.0.0.1", port=stack.redis.port)
         if stack.redis.password_variable:
             redis["password"] = f"{{{{ {stack.redis.password_variable} }}}}"
-        out.append(line("deployctl_redis", redis, "persistence on: backed up with the database"
-                        if stack.redis.persistent else "no persistence: a cache, left alone"))
+        written = line("deployctl_redis", redis, "persistence on: backed up with the database"
+                       if stack.redis.persistent else "no persistence: a cache, left alone")
+        out.append(written if stack.redis.reachable or not stack.redis.persistent else
+                   "# publish Redis's port on the db host's 127.0.0.1 (backups reach it there), then uncomment:\n# "
+                   + written)
     if stack.bot is not None and stack.bot.webhook and stack.bot.token_variable:
         bot = {"token": f"{{{{ {stack.bot.token_variable} }}}}",
                "webhook_url": stack.bot.webhook_url or "https://YOUR.DOMAIN/telegram/webhook"}
@@ -909,13 +1053,27 @@ def write(scaffold: Scaffold) -> list[str]:
     if existing:
         raise BadInput(f"deployctl init writes no file that exists already: {', '.join(existing)} "
                        f"(in {scaffold.root})")
+    made: list[Path] = []  # files and directories this call created, removed again when one cannot be written
     for name, content in scaffold.files.items():
         target = scaffold.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mode = 0o600 if name in scaffold.private else 0o644
-        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(handle, "w") as stream:
-            stream.write(content)
+        try:
+            missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made += reversed(missing)
+            mode = 0o600 if name in scaffold.private else 0o644
+            handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            made.append(target)
+            with os.fdopen(handle, "w") as stream:
+                stream.write(content)
+        except OSError as exc:
+            for path in reversed(made):
+                with contextlib.suppress(OSError):
+                    if path.is_dir():
+                        path.rmdir()
+                    else:
+                        path.unlink()
+            raise BadInput(f"deployctl init could not write {name} ({exc.strerror}); nothing was written "
+                           f"(in {scaffold.root})") from None
     return sorted(scaffold.files)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -181,7 +183,8 @@ def test_over_the_local_connection_the_image_is_streamed_into_the_engine_the_tas
     assert host_engine.image_id(f"{image}:v1") == local_id(f"{image}:v1")
 
 
-def test_a_release_ships_its_image_and_runs_it_on_the_host(host_engine, tmp_path, image):
+def ship_project(host_engine, tmp_path: Path, image: str) -> list[str]:
+    """A project releasing the demo compose stack to h1 with source ship; the deployctl command for it."""
     fleet = host_engine.fleet
     stack = fleet.host("h1").srv_dir / image
     stack.mkdir()
@@ -209,10 +212,16 @@ def test_a_release_ships_its_image_and_runs_it_on_the_host(host_engine, tmp_path
     }))
     (tmp_path / "deployctl.yml").write_text(yaml.safe_dump(
         {"app": "shipped", "environments": {"ssh": {"inventory": "inventory/ssh", "backup": False}}}))
+    return [str(BIN / "deployctl"), "--project-dir", str(tmp_path), "-e", "ssh", "--json"]
+
+
+def test_a_release_ships_its_image_and_runs_it_on_the_host(host_engine, tmp_path, image):
+    fleet = host_engine.fleet
+    stack = fleet.host("h1").srv_dir / image
+    command = ship_project(host_engine, tmp_path, image)
 
     def deployctl(*args: str):
-        proc = subprocess.run([str(BIN / "deployctl"), "--project-dir", str(tmp_path), "-e", "ssh", "--json", *args],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
         return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
 
     def served() -> str:
@@ -240,3 +249,106 @@ def test_a_release_ships_its_image_and_runs_it_on_the_host(host_engine, tmp_path
     assert host_engine.image_id(f"{image}:v2") == local_id(f"{image}:v2")
     # the control node's engine ran nothing: the host's engine did
     assert docker("ps", "-q", "--filter", f"label=com.docker.compose.project={image}").split() == []
+
+
+def _loads_into(docker_host: str) -> list[int]:
+    """The `docker load` processes (on any host of this machine) that write into the engine at docker_host."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (Path(argv[0].decode(errors="replace")).name == "docker" and b"load" in argv
+                and f"DOCKER_HOST={docker_host}".encode() in environ):
+            found.append(int(entry.name))
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started by pid, and by them, ... (Ansible's workers run in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        started = children.get(todo.pop(), [])
+        found += started
+        todo += started
+    return found
+
+
+def _archive_written(pid: int) -> bool:
+    """Whether a process under pid holds a file in /tmp larger than 50 MB open: the image's archive."""
+    for process in _descendants(pid):
+        for fd in Path(f"/proc/{process}/fd").glob("*"):
+            try:
+                if os.readlink(fd).startswith("/tmp/") and fd.stat().st_size > 50_000_000:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def big_image(image: str, tmp_path: Path) -> str:
+    """{image}:big, 300 MB more than v1 and incompressible (ssh -C): shipping it takes seconds."""
+    build_image("v1", image)
+    context = tmp_path / "big"
+    context.mkdir()
+    with open(context / "blob", "wb") as blob:
+        for _ in range(300):
+            blob.write(os.urandom(1_000_000))
+    (context / "Dockerfile").write_text(f"FROM {image}:v1\nCOPY blob /blob\n")
+    docker("build", "-q", "-t", f"{image}:big", str(context))
+    return "big"
+
+
+def interrupt_release(command: list[str], version: str, shipping) -> dict:
+    """Release version, send SIGINT once shipping(pid) says the image is on its way; deployctl's result."""
+    release = subprocess.Popen([*command, "release", version], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not shipping(release.pid):
+        assert release.poll() is None and time.monotonic() < deadline, "the image was never shipped"
+        time.sleep(0.1)
+    time.sleep(1)
+    release.send_signal(signal.SIGINT)
+    out, err = release.communicate(timeout=300)
+    assert release.returncode == 130, (out, err[-3000:])
+    return json.loads(out)
+
+
+def test_an_interrupted_release_stops_the_stream_it_started(host_engine, tmp_path, image):
+    """Ctrl-C while preflight streams the image. Ansible's workers run in sessions of their own, so the one
+    streaming would go on after deployctl said that nothing was changed, and the host would load the image."""
+    command = ship_project(host_engine, tmp_path, image)
+    version = big_image(image, tmp_path)
+    result = interrupt_release(command, version, lambda pid: _loads_into(host_engine.docker_host))
+    assert result["message"] == "interrupted; nothing was changed"
+    deadline = time.monotonic() + 5
+    while _loads_into(host_engine.docker_host) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _loads_into(host_engine.docker_host) == [], "the stream went on after deployctl had finished"
+    assert host_engine.image_id(f"{image}:{version}") is None
+
+
+@pytest.mark.skipif(STRATEGY_PLUGINS is None, reason="mitogen is not installed")
+def test_an_interrupted_copy_leaves_no_archive_on_the_control_node(host_engine, tmp_path, image):
+    """The same through mitogen, whose connection takes the image as a file: the worker that held it is killed,
+    and a named temporary file would stay in /tmp, the size of the image."""
+    command = ship_project(host_engine, tmp_path, image)
+    (tmp_path / "ansible.cfg").write_text(f"[defaults]\nstrategy_plugins = {STRATEGY_PLUGINS}\n"
+                                          "strategy = mitogen_linear\n")
+    version = big_image(image, tmp_path)
+    before = set(Path("/tmp").glob("deployctl-image-*"))
+    result = interrupt_release(command, version, _archive_written)
+    assert result["message"] == "interrupted; nothing was changed"
+    assert set(Path("/tmp").glob("deployctl-image-*")) <= before
+    assert host_engine.image_id(f"{image}:{version}") is None

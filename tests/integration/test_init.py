@@ -68,3 +68,29 @@ def test_init_on_the_demo_compose_file_releases_it(demo_stack, tmp_path):
     assert "APP_TAG=v1" in (stack / ".env").read_text()
     code, status, err = deployctl("status", cwd=project)
     assert code == 0 and status["hosts"]["localhost"]["live"] == "v1", (status, err[-2000:])
+
+
+def test_secrets_that_look_like_templates_reach_ansible_as_they_are(tmp_path):
+    """Passwords may hold {{, {% or {#; Ansible would template them (a syntax error, or another value)."""
+    stack = tmp_path / "shop"
+    stack.mkdir()
+    secrets = {"SECRET_KEY": "a{#b", "API_TOKEN": "t{{ 7 * 6 }}", "MARIADB_PASSWORD": "p{% if true %}w"}
+    (stack / "docker-compose.yml").write_text(yaml.safe_dump({"services": {
+        "app": {"build": ".", "ports": ["8080:8080"],
+                "environment": {"SECRET_KEY": secrets["SECRET_KEY"], "API_TOKEN": secrets["API_TOKEN"]}},
+        "db": {"image": "mariadb:11", "environment": {"MARIADB_USER": "shop", "MARIADB_DATABASE": "shop",
+                                                      "MARIADB_PASSWORD": secrets["MARIADB_PASSWORD"]}}}}))
+    project = tmp_path / "project"
+    project.mkdir()
+    code, made, err = deployctl("init", str(stack / "docker-compose.yml"), cwd=project)
+    assert code == 0, err
+    seen = tmp_path / "seen.json"
+    (project / "show.yml").write_text(yaml.safe_dump([{
+        "hosts": "app", "gather_facts": False, "tasks": [{"ansible.builtin.copy": {
+            "dest": str(seen), "mode": "0600",
+            "content": "{{ {'SECRET_KEY': vault_secret_key, 'API_TOKEN': vault_api_token,"
+                       " 'MARIADB_PASSWORD': deployctl_database.password} | to_json }}"}}]}]))
+    shown = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventory/local",
+                            "show.yml"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stdout[-3000:]
+    assert json.loads(seen.read_text()) == secrets

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -17,6 +18,13 @@ from deployctl import scaffold
 from deployctl.errors import BadInput
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+class VaultLoader(yaml.SafeLoader):
+    """Reads the vault file as Ansible does: a value tagged !unsafe is a string never templated."""
+
+
+VaultLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
 
 # the stack of the checklist: app on 3000, worker, a polling Telegram bot, MySQL, Redis with persistence, nginx;
 # every service of the app built from the project, secrets written straight into the file
@@ -307,7 +315,8 @@ def test_an_in_house_data_image_file_secrets_and_host_networking(tmp_path):
     assert variables["deployctl_verify_checks"] == [{"name": "port", "type": "tcp", "host": "127.0.0.1", "port": 3100},
                                                     {"name": "redis", "type": "redis", "host": "127.0.0.1",
                                                      "port": 6380}]
-    assert variables["deployctl_redis"] == {"role": "data", "service": "kv"}
+    assert variables["deployctl_redis"] == {"role": "data", "service": "kv", "host": "127.0.0.1", "port": 6380}, (
+        "backups reach it where the host does, not on 6379")
     assert "deployctl_telegram_bot" not in variables, "a webhook bot without its URL is written commented out"
     assert "# deployctl_telegram_bot: {token: '{{ vault_telegram_token }}', webhook_url:" in written
     assert "from-a-file" not in written and "42:token" not in written
@@ -446,7 +455,7 @@ def test_init_writes_nothing_over_an_existing_file(tmp_path):
         "inventory/local/group_vars/all/vault.yml", "inventory/local/hosts.yml"]
     vault = project / "inventory" / "local" / "group_vars" / "all" / "vault.yml"
     assert stat.S_IMODE(os.stat(vault).st_mode) == 0o600
-    assert yaml.safe_load(vault.read_text())["vault_mysql_password"] == "s3cret-db"
+    assert yaml.load(vault.read_text(), VaultLoader)["vault_mysql_password"] == "s3cret-db"
     patch = project / "compose-edits.patch"
     assert patch.read_text().startswith("--- a/docker-compose.yml") and "s3cret-db" in patch.read_text()
     assert stat.S_IMODE(os.stat(patch).st_mode) == 0o600, "the lines it takes out hold the secrets"
@@ -455,7 +464,7 @@ def test_init_writes_nothing_over_an_existing_file(tmp_path):
     variables = yaml.safe_load(written)
     assert variables["deployctl_database"] == {"engine": "mysql", "service": "mysql", "name": "scheduler",
                                                "user": "scheduler", "password": "{{ vault_mysql_password }}"}
-    assert variables["deployctl_redis"] == {"role": "data", "service": "redis"}
+    assert variables["deployctl_redis"] == {"role": "data", "service": "redis", "host": "127.0.0.1", "port": 6379}
     assert variables["deployctl_verify_checks"] == [
         {"name": "health", "type": "http", "url": "http://127.0.0.1:3000/health"},
         {"name": "redis", "type": "redis", "host": "127.0.0.1", "port": 6379},
@@ -473,8 +482,332 @@ def test_the_text_output_shows_the_edits_and_the_next_commands(tmp_path):
     out = made.stdout
     assert "+    image: \"scheduler:${APP_TAG:-latest}\"" in out, "the patch is shown as it is ([...] included)"
     assert "-      MYSQL_ROOT_PASSWORD: ********" in out and "r00t-pw" not in out, "secrets are not printed"
-    assert "patch -p1 -d ../scheduler < compose-edits.patch && rm compose-edits.patch" in out
+    assert ("patch -p1 -d ../scheduler < compose-edits.patch && chmod 600 ../scheduler/.env && rm compose-edits.patch"
+            in out)
     assert "+MYSQL_PASSWORD=********" in out
     assert "ansible-vault encrypt inventory/staging/group_vars/all/vault.yml" in out
     assert "APP_TAG=v1 docker compose -f ../scheduler/docker-compose.yml build" in out
     assert out.rstrip().endswith("deployctl -e staging release v1")
+
+
+def apply_patch(found: scaffold.Stack, compose: Path) -> None:
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    applied = subprocess.run(["patch", "-p1", "-d", str(compose.parent)], input=found.patch, capture_output=True,
+                             text=True)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+
+
+def test_a_secret_written_as_a_block_scalar_is_replaced_by_one_line(tmp_path):
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      API_TOKEN: >-
+        folded
+        token
+      SESSION_SECRET: |-
+        in-a-block
+      NEXT: keep
+"""
+    compose = stack(tmp_path, text)
+    found = scaffold.detect(compose)
+    assert sorted(found.env_additions) == ["API_TOKEN", "SESSION_SECRET"]
+    apply_patch(found, compose)
+    assert environments(compose.read_text(), scaffold.read_dotenv(compose.parent / ".env")) == environments(text, {})
+    assert "folded" not in compose.read_text()
+
+
+def test_a_secret_no_env_line_can_carry_stays_in_the_compose_file(tmp_path):
+    """A newline, a ' with a $ or ", a name .env cannot hold: moved to ${NAME}, the container would get ""."""
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      PRIVATE_KEY: |
+        -----BEGIN KEY-----
+        abc
+        -----END KEY-----
+      STRIPE_SECRET_KEY: sk_live_abc"def'ghi
+      spring.datasource.password: s3cret
+      DATABASE_URL: "mysql://shop:it's$$x@db/shop"
+      API_TOKEN: movable
+"""
+    compose = stack(tmp_path, text)
+    found = scaffold.detect(compose)
+    assert found.env_additions == {"API_TOKEN": "movable"}
+    assert {s.variable for s in found.secrets} >= {"vault_private_key", "vault_stripe_secret_key",
+                                                   "vault_spring_datasource_password", "vault_database_url_password"}
+    for name in ("PRIVATE_KEY", "STRIPE_SECRET_KEY", "spring.datasource.password", "DATABASE_URL_PASSWORD"):
+        assert any(note.startswith(f"{name} stays in the compose file") for note in found.notes), found.notes
+    apply_patch(found, compose)
+    assert environments(compose.read_text(), scaffold.read_dotenv(compose.parent / ".env")) == environments(text, {})
+
+
+def test_the_printed_patch_shows_no_secret_in_any_form(tmp_path):
+    """Escapes, '' and $$ spell a secret otherwise than its value; a block scalar spreads it over lines; the
+    .env's own lines shown around the additions hold secrets init does not know."""
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      ESCAPED_PASSWORD: "pa\\x41ss\\"wd"
+      SINGLE_TOKEN: 'it''s-tok'
+      DOLLAR_KEY: "d$$llar"
+      DATABASE_URL: "mysql://shop:Pa$$w0rd@db/shop"
+      PRIVATE_KEY: |
+        -----BEGIN KEY-----
+        abc
+        -----END KEY-----
+      LIST_FORM: "x"
+  worker:
+    build: .
+    environment:
+      - API_KEY=k$$ey
+"""
+    compose = stack(tmp_path, text, "OTHER_SERVICE_TOKEN=tok-in-dotenv\n")
+    shown = []
+    for json_option in ([], ["--json"]):
+        project = tmp_path / f"project{len(shown)}"
+        project.mkdir()
+        shown.append(deployctl(*json_option, "init", str(compose), cwd=project))
+    assert [made.returncode for made in shown] == [0, 0], shown[0].stderr
+    assert json.loads(shown[1].stdout)["compose_patch"] in shown[0].stdout
+    for spelled in ("x41ss", "it''s", "d$$llar", "Pa$$w0rd", "BEGIN KEY", "abc", "k$$ey", "tok-in-dotenv"):
+        assert spelled not in shown[0].stdout, spelled
+    for secret in scaffold.detect(compose).secrets:
+        assert secret.value not in shown[0].stdout, secret.variable
+    assert '-      DOLLAR_KEY: "********"' in shown[0].stdout
+    assert '-      DATABASE_URL: "mysql://shop:********@db/shop"' in shown[0].stdout
+    assert "-      - API_KEY=********" in shown[0].stdout
+
+
+def test_the_next_commands_take_a_path_with_spaces_as_one_word(tmp_path):
+    compose = stack(tmp_path, CHECKLIST_STACK, name="my shop")
+    project = tmp_path / "project"
+    project.mkdir()
+    made = deployctl("--json", "init", str(compose), cwd=project)
+    assert made.returncode == 0, made.stderr
+    steps = json.loads(made.stdout)["next"]
+    build = next(step for step in steps if " build" in step)
+    assert shlex.split(build, comments=True)[-3:] == ["-f", "../my shop/docker-compose.yml", "build"]
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    patched = subprocess.run(["bash", "-c", steps[0]], cwd=project, capture_output=True, text=True)
+    assert patched.returncode == 0, patched.stdout + patched.stderr
+    assert "${MYSQL_PASSWORD}" in compose.read_text() and not (project / "compose-edits.patch").exists()
+
+
+def run_vault_steps(steps: list[str], cwd: Path) -> None:
+    """The next commands that set up the vault, in a shell, with this venv's ansible-vault."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for step in [s for s in steps if "vault" in s]:
+        ran = subprocess.run(["bash", "-c", step], cwd=cwd, env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, (step, ran.stdout + ran.stderr)
+
+
+def vault_text(project: Path, password_file: Path) -> str:
+    shown = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "view", "--vault-password-file",
+                            str(password_file), "inventory/local/group_vars/all/vault.yml"], cwd=project,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
+def test_the_next_commands_keep_the_vault_password_and_ansible_cfg_a_project_has(tmp_path, monkeypatch):
+    """init in a repository that has its own Ansible settings: a new .vault_pass would make every vault file the
+    old password encrypts unreadable, and a second [defaults] in ansible.cfg makes Ansible refuse it."""
+    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    made = {}
+    for case, config in (("named", "[defaults]\nvault_password_file = .vault_pass\nremote_user = deploy\n"),
+                         ("unnamed", "[defaults]\nremote_user = deploy\n"), ("none", None)):
+        project = tmp_path / case
+        project.mkdir()
+        if config is not None:
+            (project / "ansible.cfg").write_text(config)
+            (project / ".vault_pass").write_text(f"the {case} project's own password\n")
+        made[case] = deployctl("--json", "init", str(compose), cwd=project)
+        assert made[case].returncode == 0, made[case].stderr
+    steps = {case: json.loads(result.stdout)["next"] for case, result in made.items()}
+
+    project = tmp_path / "named"
+    run_vault_steps(steps["named"], project)
+    assert (project / ".vault_pass").read_text() == "the named project's own password\n"
+    assert (project / "ansible.cfg").read_text().count("[defaults]") == 1
+    assert "s3cret-db" in vault_text(project, project / ".vault_pass")
+
+    project = tmp_path / "unnamed"
+    assert not any("openssl" in step or "ansible.cfg" in step and ">" in step for step in steps["unnamed"])
+    assert f"add `vault_password_file = .vault_pass` to the [defaults] section of {project / 'ansible.cfg'}" in (
+        steps["unnamed"])
+
+    project = tmp_path / "none"
+    run_vault_steps(steps["none"], project)
+    assert "s3cret-db" in vault_text(project, project / ".vault_pass")
+
+
+def test_redis_settings_on_its_command_line_are_read_as_compose_interpolates_them(tmp_path):
+    found = scaffold.detect(stack(tmp_path, """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+  redis:
+    image: redis:7
+    command: redis-server --port ${REDIS_PORT:-6380} --requirepass "${REDIS_PASSWORD}" --appendonly yes
+    ports: ["127.0.0.1:${REDIS_PORT:-6380}:${REDIS_PORT:-6380}"]
+""", "REDIS_PASSWORD=rpw-from-env\n"))
+    assert (found.redis.port, found.redis.persistent, found.redis.reachable) == (6380, True, True)
+    assert {s.variable: s.value for s in found.secrets} == {"vault_redis_password": "rpw-from-env"}
+
+
+def test_init_that_cannot_write_a_file_leaves_none_behind(tmp_path):
+    """Otherwise the files written before the one that failed make the next init refuse."""
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    project = tmp_path / "project"
+    (project / "inventory" / "local").mkdir(parents=True)
+    (project / "inventory" / "local" / "group_vars").write_text("a file where init needs a directory\n")
+    refused = deployctl("init", str(compose), cwd=project)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "nothing was written" in refused.stderr, refused.stderr
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == [
+        "inventory", "inventory/local", "inventory/local/group_vars"]
+
+    (project / "inventory" / "local" / "group_vars").unlink()
+    assert deployctl("init", str(compose), cwd=project).returncode == 0
+
+
+def test_the_copy_step_names_every_file_compose_reads_on_the_hosts(tmp_path):
+    """An env_file or a compose secret's file missing on a host fails `config` in preflight, or `up` in the
+    middle of the release."""
+    compose = stack(tmp_path, """\
+services:
+  web:
+    build: .
+    network_mode: host
+    env_file: config/web.env
+    secrets: [db_password]
+  worker:
+    build: .
+    env_file: [./config/web.env, {path: config/worker.env, required: false}]
+secrets:
+  db_password:
+    file: ./secrets/db_password
+""", "TZ=UTC\n")
+    (compose.parent / "config").mkdir()
+    (compose.parent / "config" / "web.env").write_text("PORT=8080\nSENTRY_TOKEN=tok\n")
+    found = scaffold.detect(compose)
+    assert found.host_files == [".env", "config/web.env", "config/worker.env", "secrets/db_password"]
+    assert found.health_port == 8080, "a single env_file is read too: PORT, with host networking"
+    project = scaffold.plan(found, tmp_path / "project", "production", ["web1"], None)
+    assert ("copy docker-compose.yml, .env, config/web.env, config/worker.env, secrets/db_password to "
+            "/srv/scheduler on every host, at the same paths") in project.next_steps
+
+
+def test_the_next_commands_start_the_data_services_before_the_first_release(tmp_path):
+    """A release starts only the app's services: its backup would find no database (exit 3)."""
+    found = scaffold.detect(stack(tmp_path, CHECKLIST_STACK))
+    steps = scaffold.plan(found, tmp_path / "project", "local", [], None).next_steps
+    up = next(step for step in steps if " up -d " in step)
+    assert shlex.split(up, comments=True) == ["docker", "compose", "-p", "scheduler", "-f",
+                                              "../scheduler/docker-compose.yml", "up", "-d", "mysql", "redis"]
+    assert steps.index(up) == len(steps) - 2, "just before the release"
+    steps = scaffold.plan(found, tmp_path / "project", "production", ["web1"], None).next_steps
+    assert steps[-2].startswith("on every host, in /srv/scheduler: docker compose -p scheduler up -d mysql redis")
+
+
+def test_a_secret_whose_name_the_env_file_gives_another_value_stays_in_the_compose_file(tmp_path):
+    """${POSTGRES_PASSWORD} would hand the database the .env's value instead of the one it was given."""
+    text = """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    environment:
+      REPORTING_PASSWORD: "${POSTGRES_PASSWORD}"
+  db:
+    image: postgres:16
+    environment:
+      POSTGRES_PASSWORD: prod-literal-pw
+"""
+    compose = stack(tmp_path, text, "POSTGRES_PASSWORD=another-pw\n")
+    found = scaffold.detect(compose)
+    assert "POSTGRES_PASSWORD stays in the compose file: the .env gives POSTGRES_PASSWORD another value" in " ".join(
+        found.notes)
+    assert found.database.password_variable and found.env_additions == {}
+    if found.patch:
+        apply_patch(found, compose)
+    env = scaffold.read_dotenv(compose.parent / ".env")
+    assert environments(compose.read_text(), env) == environments(text, {"POSTGRES_PASSWORD": "another-pw"})
+
+
+def test_a_secret_moves_to_the_env_file_only_when_the_services_loading_it_had_it_already(tmp_path):
+    """A service with `env_file: .env` gets every variable of it: the database's root password moved there would
+    reach the app's containers (and their `docker inspect`)."""
+    compose = stack(tmp_path, """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+    env_file: [./.env]
+    environment:
+      DATABASE_URL: mysql://shop:shop-pw@db/shop
+  db:
+    image: mariadb:11
+    environment:
+      MARIADB_USER: shop
+      MARIADB_PASSWORD: shop-pw
+      MARIADB_ROOT_PASSWORD: root-pw
+""", "TZ=UTC\n")
+    found = scaffold.detect(compose)
+    assert found.env_additions == {"MARIADB_PASSWORD": "shop-pw"}, "web had that one in its DATABASE_URL"
+    assert "MARIADB_ROOT_PASSWORD stays in the compose file: web loads .env as an env_file" in " ".join(found.notes)
+    apply_patch(found, compose)
+    assert "root-pw" not in (compose.parent / ".env").read_text()
+    assert yaml.safe_load(compose.read_text())["services"]["db"]["environment"]["MARIADB_ROOT_PASSWORD"] == "root-pw"
+
+
+@pytest.mark.parametrize("existing", [None, 0o644, 0o640])
+def test_the_env_file_the_secrets_move_to_is_left_readable_by_its_owner_only(tmp_path, existing):
+    compose = stack(tmp_path, CHECKLIST_STACK)
+    if existing is not None:
+        (compose.parent / ".env").write_text("TZ=UTC\n")
+        (compose.parent / ".env").chmod(existing)
+    project = tmp_path / "project"
+    project.mkdir()
+    made = deployctl("--json", "init", str(compose), cwd=project)
+    assert made.returncode == 0, made.stderr
+    if shutil.which("patch") is None:
+        pytest.skip("patch is not installed (scripts/install-test-deps installs it)")
+    patched = subprocess.run(["bash", "-c", json.loads(made.stdout)["next"][0]], cwd=project, capture_output=True,
+                             text=True)
+    assert patched.returncode == 0, patched.stdout + patched.stderr
+    assert "MYSQL_ROOT_PASSWORD=r00t-pw" in (compose.parent / ".env").read_text()
+    assert stat.S_IMODE(os.stat(compose.parent / ".env").st_mode) == 0o600
+
+
+def test_a_redis_holding_data_the_db_host_cannot_reach_is_written_commented_out(tmp_path):
+    """Backups talk to Redis from the db host: without a port there, they would talk to whatever answers on
+    127.0.0.1:6379 (another project's Redis)."""
+    found = scaffold.detect(stack(tmp_path, """\
+services:
+  web:
+    build: .
+    ports: ["8080:80"]
+  redis:
+    image: redis:7
+    command: redis-server --appendonly yes --requirepass "s3cret"
+"""))
+    assert (found.redis.persistent, found.redis.reachable) == (True, False)
+    written = scaffold.plan(found, tmp_path / "project", "local", [], None).files[
+        "inventory/local/group_vars/all/deployctl.yml"]
+    assert "deployctl_redis" not in yaml.safe_load(written)
+    assert ("# publish Redis's port on the db host's 127.0.0.1 (backups reach it there), then uncomment:\n"
+            "# deployctl_redis: {role: data, service: redis, password: '{{ vault_redis_password }}'}") in written

@@ -6,7 +6,8 @@ command that Ansible's own ssh connection builds (same options, same ControlPath
 connection carries it); over the local connection, into a local `docker load`. Nothing the size of the
 image is written to disk on either side. Connections that cannot take a stream (mitogen's, paramiko, or
 an SSH or become password that has to be typed) get the archive the way Ansible copies files: a temporary
-file on the control node, copied to the host's temporary directory, loaded and removed.
+file on the control node (with no name: a killed run leaves nothing), copied to the host's temporary
+directory, loaded and removed.
 
 A host is judged by the image id: one that has the tag with the control node's id gets nothing; one that
 has the tag with another id is refused (a tag names one image: a rollback to it must run what was
@@ -175,7 +176,9 @@ class ActionModule(ActionBase):
     def _copy(self, image, reference):
         """The archive through a temporary file, copied with the connection's put_file; the bytes sent."""
         sent = 0
-        with tempfile.NamedTemporaryFile(prefix="deployctl-image-", suffix=".tar") as archive:
+        # a file with no name (O_TMPFILE), read through /proc: a cancelled phase kills this worker, and a named
+        # one would stay behind in /tmp, the size of the image
+        with tempfile.TemporaryFile(prefix="deployctl-image-", suffix=".tar") as archive:
             for chunk in image.save(chunk_size=CHUNK_BYTES, named=reference):
                 archive.write(chunk)
                 sent += len(chunk)
@@ -183,7 +186,7 @@ class ActionModule(ActionBase):
             self._make_tmp_path()
             try:
                 remote = self._connection._shell.join_path(self._connection._shell.tmpdir, "image.tar")
-                self._transfer_file(archive.name, remote)
+                self._transfer_file(f"/proc/{os.getpid()}/fd/{archive.fileno()}", remote)
                 self._fixup_perms2((self._connection._shell.tmpdir, remote))
                 loaded = self._low_level_execute_command(
                     self._with_environment(f"docker load --input {shlex.quote(remote)}"))
