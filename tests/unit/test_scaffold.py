@@ -811,3 +811,22 @@ services:
     assert "deployctl_redis" not in yaml.safe_load(written)
     assert ("# publish Redis's port on the db host's 127.0.0.1 (backups reach it there), then uncomment:\n"
             "# deployctl_redis: {role: data, service: redis, password: '{{ vault_redis_password }}'}") in written
+
+
+@pytest.mark.parametrize("text", [CHECKLIST_STACK, REGISTRY_STACK, FOREIGN_STACK, IN_HOUSE_STACK],
+                         ids=["checklist", "registry", "foreign", "in-house"])
+def test_every_variable_init_writes_is_one_the_roles_read(tmp_path, text):
+    """Preflight refuses a deployctl_... variable (or a key of deployctl_database or deployctl_redis) that no
+    role reads: one init wrote, commented out or not, would fail the first release."""
+    from deployctl.runner import content_dir
+    from deployctl.variables import NAME, known
+
+    made = scaffold.init(stack(tmp_path, text), tmp_path / "project", "local")
+    written = "".join((made.root / name).read_text() for name in made.files if name.endswith((".yml", ".yaml")))
+    names = set(NAME.findall(written))
+    for line in written.splitlines():  # the keys of deployctl_database and deployctl_redis, in their block
+        key, _, rest = line.lstrip("# ").partition(":")
+        if key in ("deployctl_database", "deployctl_redis") and rest.strip().startswith("{"):
+            names.update(f"{key}.{k.strip()}" for k in yaml.safe_load(rest))
+    unknown = sorted(name for name in names if name not in known(content_dir()))
+    assert {"deployctl_database.engine", "deployctl_strategy"} <= names and unknown == [], unknown
