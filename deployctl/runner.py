@@ -84,6 +84,7 @@ class PhaseResult:
 # ansible-runner passes the caller's environment through, so they are taken out of it (cli.py says so).
 UNSAFE_ENVIRONMENT = ("ANSIBLE_DEBUG", "ANSIBLE_KEEP_REMOTE_FILES", "ANSIBLE_VERBOSITY",
                       "ANSIBLE_DISPLAY_ARGS_TO_STDOUT")
+CANCEL_POLL_SECONDS = 0.2  # how soon a cancel (Ctrl-C, SIGTERM, a phase timeout) reaches ansible-runner
 OUTPUT_TAIL = 4000  # characters of a failed task's stdout and stderr kept for the outcome
 
 
@@ -152,6 +153,13 @@ class AnsibleRunner:
         config = private / "ansible.cfg"
         if not config.exists():
             config.write_text(merged(self.project_root or Path.cwd(), content)[0])
+        settings = private / "env" / "settings"
+        if not settings.exists():
+            # ansible-runner asks whether to cancel only between waits for Ansible's output, 5 s by default: a
+            # Ctrl-C let the running phase finish and the next begin. (It reads these from this file alone: a
+            # settings argument is dropped when the file is missing.)
+            settings.parent.mkdir(exist_ok=True)
+            settings.write_text(json.dumps({"pexpect_timeout": CANCEL_POLL_SECONDS}))
         envvars = {
             "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             "ANSIBLE_CONFIG": str(config),
