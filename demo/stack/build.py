@@ -7,7 +7,7 @@
     python3 demo/stack/build.py --remove IMAGE       # every tag of an app image
 
 Each prints the image's reference; the build times go to stderr. `app` builds IMAGE:VERSION with the first
-N migrations of demo/stack/app/migrations (all by default: v1 of the tests carries 2, v2 3, v3 4);
+N migrations of demo/stack/app/migrations (all by default: v1 of the tests carries 2, v2 3, v3 all 5);
 `--unhealthy` builds a version whose /health always answers 503.
 
 From Python: stack_base(), build_app(version, image, healthy, migrations), data_image(), remove_images(image).
@@ -47,7 +47,11 @@ BASE_SETUP = "rm -rf /var/lib/mysql/*"
 
 def migrations() -> list[str]:
     """The app's migrations, in the order they apply."""
-    return sorted(path.stem for path in (APP / "migrations").glob("*.sql"))
+    return sorted(path.stem for path in _migration_files())
+
+
+def _migration_files() -> list[Path]:
+    return [path for path in (APP / "migrations").iterdir() if path.suffix in (".sql", ".js")]
 
 
 @functools.cache  # once per process: the base stays in the engine
@@ -66,8 +70,10 @@ def build_app(version: str, image: str = DEFAULT_APP_IMAGE, healthy: bool = True
         context = Path(tmp) / "app"
         shutil.copytree(APP, context, ignore=shutil.ignore_patterns("migrations", "node_modules"))
         (context / "migrations").mkdir()
-        for name in names[:count]:
-            shutil.copy2(APP / "migrations" / f"{name}.sql", context / "migrations")
+        carried = set(names[:count])
+        for path in _migration_files():
+            if path.stem in carried:
+                shutil.copy2(path, context / "migrations")
         return build_image(f"{image}:{version}", context, base=stack_base(),
                            build_args={"VERSION": version, "HEALTHY": "yes" if healthy else "no"})
 

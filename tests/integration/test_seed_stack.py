@@ -5,16 +5,17 @@ jobs from Redis, a Telegram bot, MariaDB with its data in a bind mount and its p
 Redis with RDB and AOF in a bind mount; all containers on host networking, images built here from a
 debootstrap base (demo/images.py: minutes once, then cached). The Bot API is the local stand-in.
 
-The database container listens on 127.0.0.1, so deployctl's backups reach it there with the host's client
-tools; a backup through the container's own tools and Redis data in the backup set are not done yet
-(issue 12): `database_state()` and `redis_state()` read both byte for byte for the assertions on them.
+deployctl backs up, proves and restores the database and Redis (as data: the job queue, what migrations
+write) with their containers' own tools; `database_state()` and `redis_state()` read both byte for byte.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,10 @@ from tests.support.seed_stack import SeedStack, redis_command
 from tests.support.telegram import HOOK, SECRET, TOKEN, configure, message_update
 
 REPO = Path(__file__).resolve().parents[2]
-MIGRATIONS = migrations()  # v1 carries the first two, v2 the third (a new column), v3 the fourth
+# v1 carries the first two, v2 the third (a new column), v3 the fourth (another) and the fifth (JavaScript: it
+# writes the bot's greetings to Redis)
+MIGRATIONS = migrations()
+GREETINGS = "bot:greetings"
 CHAT = 5150
 
 
@@ -63,6 +67,28 @@ def build_versions(stack: SeedStack, *versions: tuple[str, int, bool]) -> None:
     print(f"\nseed stack images: {', '.join(v for v, _, _ in versions)} built in {time.monotonic() - started:.1f} s")
 
 
+class RedisWatch:
+    """Whether a Redis key existed at some point while the block ran (polled every 50 ms)."""
+
+    def __init__(self, port: int, key: str):
+        self.port, self.key, self.seen = port, key, False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.05):
+            with contextlib.suppress(OSError):  # Redis stopped for the restore
+                self.seen = self.seen or redis_command(self.port, "EXISTS", self.key) == 1
+
+    def __enter__(self) -> RedisWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def writes(api):
     """The calls that change the webhook, with what the stand-in observed at each (flag up, services running)."""
     return [(call.method, call.observed) for call in api.calls if call.method in ("deleteWebhook", "setWebhook")]
@@ -79,7 +105,7 @@ def test_release_migrate_fail_roll_back_and_go_back_to_v1(seed_stack, bot_api):
     configure(stack, bot_api)  # the webhook bot: paused for the window, and the telegram verify check
     bot_api.observe = observe_window(stack)
     bot_api.set_webhook_directly(HOOK)
-    build_versions(stack, ("v1", 2, True), ("v2", 3, True), ("v3", 4, False))
+    build_versions(stack, ("v1", 2, True), ("v2", 3, True), ("v3", 5, False))
     stack.start_data_services()
 
     first = stack.run("release", "v1")
@@ -100,7 +126,11 @@ def test_release_migrate_fail_roll_back_and_go_back_to_v1(seed_stack, bot_api):
     # v2: its migration runs in a one-off container of the new image before the switch; the bot is paused
     # before the flag goes up and set again after it came down; the worker and the bot stop for the window
     bot_api.calls.clear()
-    database_before_v2 = stack.database_state()
+    # what users left in Redis: sessions and a queue that waits for a worker of another app
+    for user in range(50):
+        redis_command(stack.redis_port, "HSET", f"session:{user}", "user", str(user), "cart", "x" * user)
+    redis_command(stack.redis_port, "RPUSH", "mail:outbox", "welcome:7", "receipt:9")
+    database_before_v2, redis_before_v2 = stack.database_state(), stack.redis_state()
     second = stack.run("release", "v2")
     assert second.code == 0, second
     assert stack.served_version() == "v2"
@@ -123,17 +153,18 @@ def test_release_migrate_fail_roll_back_and_go_back_to_v1(seed_stack, bot_api):
 
     # v3 never gets healthy: the release rolls back by itself, code and database
     database_before, redis_before = stack.database_state(), stack.redis_state()
-    failed = stack.run("release", "v3")
+    with RedisWatch(stack.redis_port, GREETINGS) as greetings:
+        failed = stack.run("release", "v3")
     assert failed.code == 4 and failed.outcome == "rolled-back", failed
     assert "unhealthy" in failed.data["message"], failed
+    assert greetings.seen, "v3's migration wrote to Redis"
     assert stack.served_version() == "v2"
     running = stack.running()
     assert (running["app"], running["worker"], running["bot"]) == (["v2"], ["v2"], ["v2"]), running
     assert stack.schema() == MIGRATIONS[:3], "v3's migration is undone with the database"
     assert stack.database_state() == database_before
-    # nothing the release ran writes to Redis (a backup set that includes Redis, and a version that changes
-    # Redis data, are still to come: then this proves the restore)
-    assert stack.redis_state() == redis_before
+    assert stack.redis_state() == redis_before, "v3's greetings are undone with Redis's data"
+    assert redis_command(stack.redis_port, "EXISTS", GREETINGS) == 0
     assert bot_api.webhook["url"] == HOOK and bot_api.secret_token == SECRET
     assert not (stack.app_root / "shared" / "maintenance.json").exists()
     job = stack.job_result(stack.submit_job("xyz"))
@@ -147,6 +178,7 @@ def test_release_migrate_fail_roll_back_and_go_back_to_v1(seed_stack, bot_api):
     assert back.code == 0, back
     assert stack.schema() == MIGRATIONS[:2]
     assert stack.database_state() == database_before_v2, "the set taken before v2, byte for byte"
+    assert stack.redis_state() == redis_before_v2
     assert stack.served_version() == "v1"
     running = stack.running()
     assert (running["app"], running["worker"], running["bot"]) == (["v1"], ["v1"], ["v1"]), running

@@ -111,10 +111,11 @@ class SeedStack:
             "deployctl_compose_migrate_mode": "run",
             "deployctl_compose_migrate_command": ["node", "migrate.js", "up"],
             "deployctl_compose_migrate_status_command": ["node", "migrate.js", "status"],
-            # the database container listens on 127.0.0.1 (host networking): deployctl's backups reach it there
-            # with the host's client tools
-            "deployctl_database": {"engine": "mysql", "name": "app", "host": "127.0.0.1", "port": self.db_port,
-                                   "user": "app", "password": self.db_password},
+            # the database and Redis (its data: the jobs queue, what migrations write) are backed up, proven and
+            # restored by their containers' own tools
+            "deployctl_database": {"engine": "mysql", "service": "db", "name": "app", "host": "127.0.0.1",
+                                   "port": self.db_port, "user": "app", "password": self.db_password},
+            "deployctl_redis": {"role": "data", "service": "redis", "host": "127.0.0.1", "port": self.redis_port},
             "deployctl_backup_dir": str(root / "backups"),
             "deployctl_verify_checks": [
                 {"name": "health", "type": "http", "url": self.url("/health"), "status": 200,
