@@ -48,6 +48,7 @@ OTHER_IMAGES = {"memcached", "rabbitmq", "mongo", "elasticsearch", "opensearch",
                 "alpine", "watchtower"}
 WORKER_WORDS = re.compile(r"(?i)(worker|queue|jobs?\b|sidekiq|celery|consumer|scheduler|cron|\bbeat\b|horizon"
                           r"|\brq\b|resque|bull)")
+TELEGRAM_API = "https://api.telegram.org"  # the Bot API the roles call unless told another
 BOT_WORDS = re.compile(r"(?i)(\bbot(\b|_)|bot\b|telegram)")
 MIGRATE_WORDS = re.compile(r"(?i)migrat")
 WEB_NAMES = ("app", "web", "api", "server", "backend", "frontend", "site")
@@ -100,6 +101,7 @@ class Bot:
     token_variable: str | None
     secret_token_variable: str | None
     webhook: bool  # a webhook bot (a URL, or a *MODE* variable that says webhook), else polling
+    api_url: str | None = None  # a Bot API server of its own (a *API*URL* variable), not Telegram's
 
 
 @dataclass
@@ -794,9 +796,11 @@ def _bot(sorted_services, services, service_env, secrets: _Secrets) -> Bot | Non
         named = only_variable(raw[key]) if key in raw else None
         return secrets.add(named or key, values[key], f"{service.name} {key if key in raw else key + '_FILE'}")
 
+    api_url = values.get(key_like(r"api.*(url|base)") or "", "").rstrip("/")
     return Bot(service.name, webhook_url, vault(key_like(r"token", r"secret")),
                vault(key_like(r"webhook.*secret|secret.*token")),
-               bool(webhook_url) or (mode_key is not None and values[mode_key].lower() == "webhook"))
+               bool(webhook_url) or (mode_key is not None and values[mode_key].lower() == "webhook"),
+               api_url if re.match(r"https?://", api_url) and api_url != TELEGRAM_API else None)
 
 
 def _health(name: str, spec: dict, values: dict[str, str], env: dict[str, str]) -> tuple[int | None, str, str]:
@@ -1022,6 +1026,8 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
                "webhook_url": stack.bot.webhook_url or "https://YOUR.DOMAIN/telegram/webhook"}
         if stack.bot.secret_token_variable:
             bot["secret_token"] = f"{{{{ {stack.bot.secret_token_variable} }}}}"
+        if stack.bot.api_url:
+            bot["api_url"] = stack.bot.api_url
         out.append(("" if stack.bot.webhook_url else "# set the webhook's URL, then uncomment:\n# ")
                    + line("deployctl_telegram_bot", bot, f"the webhook bot {stack.bot.service}: paused in maintenance"))
     checks = []
@@ -1039,6 +1045,8 @@ def _variables(stack: Stack, compose_dir: str, local: bool, hosts: list[str]) ->
         check = {"name": "bot", "type": "telegram", "token": f"{{{{ {stack.bot.token_variable} }}}}"}
         if stack.bot.webhook_url:
             check["webhook_url"] = stack.bot.webhook_url
+        if stack.bot.api_url:
+            check["api_url"] = stack.bot.api_url
         if not stack.bot.webhook or stack.bot.webhook_url:  # a webhook bot's check needs its URL
             checks.append(check)
     out.append("deployctl_verify_checks:\n" + "".join(

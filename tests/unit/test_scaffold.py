@@ -100,6 +100,7 @@ services:
     environment:
       - TELEGRAM_TOKEN=${TELEGRAM_TOKEN}
       - TELEGRAM_WEBHOOK_URL=https://shop.example.com/tg
+      - TELEGRAM_API_BASE=http://botapi.internal:8081/
   db:
     image: postgres:16
     environment:
@@ -226,6 +227,7 @@ def test_the_checklist_stack(tmp_path):
     assert found.app_services == ["app"]
     assert found.worker_services == ["worker", "bot"], "a polling bot stops and starts with the workers"
     assert found.bot.webhook_url is None and found.bot.token_variable == "vault_telegram_bot_token"
+    assert found.bot.api_url is None, "Telegram's own Bot API: nothing to say"
     assert (found.health_port, found.health_path, found.health_source) == (3000, "/health", "healthcheck")
     db = found.database
     assert (db.service, db.engine, db.name, db.user, db.password_variable) == (
@@ -274,11 +276,14 @@ def test_a_registry_image_with_its_own_tag_variable_merged_from_an_extension_fie
     variables = yaml.safe_load(project.files["inventory/production/group_vars/all/deployctl.yml"])
     assert variables["deployctl_compose_image_source"] == "pull", "a registry's image is pulled"
     assert variables["deployctl_compose_dir"] == "/srv/acme"
+    # its own Bot API server (telegram-bot-api), which the pause, the restart and the check talk to
     assert variables["deployctl_telegram_bot"] == {"token": "{{ vault_telegram_token }}",
-                                                   "webhook_url": "https://shop.example.com/tg"}
+                                                   "webhook_url": "https://shop.example.com/tg",
+                                                   "api_url": "http://botapi.internal:8081"}
     assert variables["deployctl_database"] == {"engine": "postgresql", "service": "db", "name": "shop",
                                                "user": "shop", "password": "{{ vault_postgres_password }}"}
     assert [c["type"] for c in variables["deployctl_verify_checks"]] == ["http", "telegram"]
+    assert variables["deployctl_verify_checks"][1]["api_url"] == "http://botapi.internal:8081"
     assert variables["deployctl_redis"] == {"role": "cache", "service": "cache"}
     hosts = yaml.safe_load(project.files["inventory/production/hosts.yml"])["all"]["children"]
     assert list(hosts["app"]["hosts"]) == ["web1.example.com", "web2.example.com"]
