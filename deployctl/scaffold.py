@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -931,8 +933,9 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
                      "same paths")
     if stack.secrets:
         steps += _vault_steps(root, f"{inventory}/group_vars/all/vault.yml")
+    compose = local_compose() if local else "docker compose"
     if stack.built:
-        steps.append(f"{stack.tag_variable}=v1 docker compose -f {shlex.quote(compose_path)} build"
+        steps.append(f"{stack.tag_variable}=v1 {compose} -f {shlex.quote(compose_path)} build"
                      f"      # {stack.image}:v1")
     else:
         steps.append(f"build or tag {stack.image}:v1 on this machine")
@@ -940,11 +943,22 @@ def plan(stack: Stack, root: Path, environment: str, hosts: list[str], app_root:
     if data_services:
         # a release starts the app's services only; its backup and migrations need the database running
         up = f"up -d {' '.join(data_services)}      # the data services: a release starts only the app's"
-        steps.append(f"docker compose -p {stack.project} -f {shlex.quote(compose_path)} {up}" if local
+        steps.append(f"{compose} -p {stack.project} -f {shlex.quote(compose_path)} {up}" if local
                      else f"on every host, in {compose_dir}: docker compose -p {stack.project} {up}")
     env_option = "" if environment == "local" else f"-e {environment} "
     steps.append(f"deployctl {env_option}release v1")
     return Scaffold(root, environment, files, private, stack, steps)
+
+
+def local_compose() -> str:
+    """The compose command of this machine: the plugin, else the standalone docker-compose (Debian 12 packages
+    only that one), so that the next commands work as printed."""
+    try:
+        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20).returncode == 0:
+            return "docker compose"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "docker-compose" if shutil.which("docker-compose") else "docker compose"
 
 
 def _vault_steps(root: Path, vault: str) -> list[str]:

@@ -716,12 +716,14 @@ secrets:
             "/srv/scheduler on every host, at the same paths") in project.next_steps
 
 
-def test_the_next_commands_start_the_data_services_before_the_first_release(tmp_path):
+def test_the_next_commands_start_the_data_services_before_the_first_release(tmp_path, monkeypatch):
     """A release starts only the app's services: its backup would find no database (exit 3)."""
     found = scaffold.detect(stack(tmp_path, CHECKLIST_STACK))
+    # the compose command this machine has (only docker-compose, on Debian 12 as packaged)
+    monkeypatch.setattr(scaffold, "local_compose", lambda: "docker-compose")
     steps = scaffold.plan(found, tmp_path / "project", "local", [], None).next_steps
     up = next(step for step in steps if " up -d " in step)
-    assert shlex.split(up, comments=True) == ["docker", "compose", "-p", "scheduler", "-f",
+    assert shlex.split(up, comments=True) == ["docker-compose", "-p", "scheduler", "-f",
                                               "../scheduler/docker-compose.yml", "up", "-d", "mysql", "redis"]
     assert steps.index(up) == len(steps) - 2, "just before the release"
     steps = scaffold.plan(found, tmp_path / "project", "production", ["web1"], None).next_steps
