@@ -1,8 +1,10 @@
-"""`deployctl init` on the demo compose file produces a project that releases it, on the real Docker engine."""
+"""`deployctl init` on the demo compose file, and on the seed stack's, produces a project that releases it, on the
+real Docker engine."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,10 +15,13 @@ import pytest
 import yaml
 
 from demo.compose.build import build_image, remove_images
+from demo.stack.build import migrations
 from tests.support.project import free_port, http_get
+from tests.support.seed_stack import SeedStack, redis_command
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYCTL = str(Path(sys.executable).parent / "deployctl")
+MIGRATIONS = migrations()
 
 
 def deployctl(*args: str, cwd: Path) -> tuple[int, dict, str]:
@@ -94,3 +99,62 @@ def test_secrets_that_look_like_templates_reach_ansible_as_they_are(tmp_path):
                             "show.yml"], cwd=project, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stdout[-3000:]
     assert json.loads(seen.read_text()) == secrets
+
+
+def test_init_on_the_seed_stack_and_its_own_next_commands_release_it_and_roll_it_back(tmp_path, bot_api):
+    """The checklist's stack (demo/stack: app, worker, polling bot, MariaDB and Redis with their data, secrets in
+    files): `init`, each command it prints run as printed, the two settings init says it could not know (the
+    migrate command, the health URL) set by hand; then a release, one with a migration, and one that migrates
+    the database and Redis and fails, rolled back with both as they were."""
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+        pytest.skip("a running Docker engine is needed")
+    stack = SeedStack(tmp_path / "seed", bot_api, telegram_mode="polling")
+    try:
+        # the compose project is the directory's name unless .env says otherwise: its own, beside other tests
+        with (stack.stack / ".env").open("a") as dotenv:
+            dotenv.write(f"COMPOSE_PROJECT_NAME={stack.name}\n")
+        project = tmp_path / "deploy"
+        project.mkdir()
+        code, made, err = deployctl("init", str(stack.stack / "docker-compose.yml"), cwd=project)
+        assert code == 0, err
+        assert made["detected"]["worker_services"] == ["worker", "bot"], made["detected"]
+        path = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        for step in made["next"][:-1]:
+            if step.startswith("build or tag"):
+                stack.build("v1", 2)
+                continue
+            done = subprocess.run(["bash", "-c", step], cwd=project, env=path, capture_output=True, text=True)
+            assert done.returncode == 0, (step, done.stdout, done.stderr)
+        assert made["next"][-1] == "deployctl release v1"
+        assert (project / "inventory/local/group_vars/all/vault.yml").read_text().startswith("$ANSIBLE_VAULT")
+        settings = project / "inventory/local/group_vars/all/deployctl.yml"
+        text = settings.read_text()
+        bot_check = [c for c in yaml.safe_load(text)["deployctl_verify_checks"] if c["type"] == "telegram"]
+        assert bot_check and bot_check[0]["api_url"] == bot_api.url, "the bot's own Bot API, for the telegram check"
+        for line, value in (("deployctl_compose_migrate_command: []", "[node, migrate.js, up]"),
+                            ("deployctl_compose_health_path: ''", "/health")):
+            assert line in text, text
+            text = text.replace(line, f"{line.split(':')[0]}: {value}")
+        settings.write_text(text)
+
+        code, first, err = deployctl("release", "v1", cwd=project)
+        assert code == 0, (first, err[-3000:])
+        assert stack.served_version() == "v1" and stack.schema() == MIGRATIONS[:2]
+        job = stack.job_result(stack.submit_job("init"))
+        assert job and job["worker_version"] == "v1", job
+
+        stack.build("v2", 3)
+        code, second, err = deployctl("release", "v2", cwd=project)
+        assert code == 0, (second, err[-3000:])
+        assert stack.served_version() == "v2" and stack.schema() == MIGRATIONS[:3]
+
+        stack.build("v3", 5, healthy=False)
+        redis_command(stack.redis_port, "SET", "session:1", "kept")
+        before = stack.database_state(), stack.redis_state()
+        code, failed, err = deployctl("release", "v3", cwd=project)
+        assert code == 4 and failed["outcome"] == "rolled-back", (failed, err[-3000:])
+        assert stack.served_version() == "v2"
+        assert (stack.database_state(), stack.redis_state()) == before
+        assert stack.bot_api.token not in err + json.dumps(failed)
+    finally:
+        stack.cleanup()
