@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 from ansible_collections.deployctl.core.plugins.module_utils import processes
 from ansible_collections.deployctl.core.plugins.module_utils.backup_common import BackupError
+from ansible_collections.deployctl.core.plugins.module_utils.compose_containers import ContainerError, service_container
 from ansible_collections.deployctl.core.plugins.module_utils.set_operations import run
 from ansible_collections.deployctl.core.plugins.module_utils.tool_runners import ContainerTools
 
+from demo.stack.build import data_image
 from tests.support.data_services import DataServices
 from tests.support.leaks import ProcessWatch, files_containing
 
@@ -338,3 +340,28 @@ def test_redis_refusals_before_anything_is_touched(services, tmp_path):
             run(dict(redis_params(services, tmp_path, **redis), state="checked"))
         assert message in refused.value.msg, refused.value.msg
     assert services.redis_keys() == before
+
+
+def test_a_container_whose_healthcheck_still_says_starting_is_waited_for():
+    """Just after `up -d`, a database initialising its data directory runs but answers nothing yet: its
+    healthcheck's verdict is waited for, and one that never comes is a clear refusal."""
+    project = f"dcstarting-{uuid.uuid4().hex[:8]}"
+    started = subprocess.run(
+        ["docker", "run", "-d", "--network", "none", "--label", f"com.docker.compose.project={project}",
+         "--label", "com.docker.compose.service=db", "--health-cmd", "test -e /tmp/ready", "--health-interval", "1s",
+         "--health-start-period", "120s", data_image(), "sleep", "600"], capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    container = started.stdout.strip()
+    try:
+        with pytest.raises(ContainerError, match=r"is still starting after 2 s"):
+            service_container(project, "db", starting_wait=2)
+        ready = threading.Timer(3, lambda: subprocess.run(["docker", "exec", container, "touch", "/tmp/ready"]))
+        ready.start()
+        began = time.monotonic()
+        found = service_container(project, "db")
+        waited = time.monotonic() - began
+        ready.join()
+        assert found["id"] == container and found["image"].startswith("sha256:")
+        assert 3 <= waited < 30, waited
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -32,9 +33,13 @@ def docker_command():
     return found
 
 
-def service_container(project, service, running=True, timeout=30):
+def service_container(project, service, running=True, timeout=30, starting_wait=120):
     """The container of compose `service` in `project` (its first one when the service is scaled), a running
-    one unless `running` is false: {id, name, state, image}. ContainerError when it has none (that runs)."""
+    one unless `running` is false: {id, name, state, image}. ContainerError when it has none (that runs).
+
+    A running container whose healthcheck still says starting (a database that initialises its data directory
+    on its first start, just after `up -d`) is waited for, up to `starting_wait` seconds: what it answers
+    before is no answer about the release."""
     docker = docker_command()
     argv = [docker, "ps", "-a", "--no-trunc", "--filter", f"label={PROJECT_LABEL}={normalise(project)}",
             "--filter", f"label={SERVICE_LABEL}={service}",
@@ -58,7 +63,16 @@ def service_container(project, service, running=True, timeout=30):
     if running and chosen["state"] != "running":
         raise ContainerError(f"the container {chosen['name']} of compose service {service} is {chosen['state']}, "
                              "not running: start it first")
-    done = subprocess.run([docker, "inspect", "--format", "{{.Image}}", chosen["id"]], capture_output=True,
-                          timeout=timeout, check=False)
-    chosen["image"] = done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else ""
+    deadline = time.monotonic() + starting_wait
+    while True:
+        done = subprocess.run([docker, "inspect", "--format", "{{.Image}}\t{{if .State.Health}}{{.State.Health.Status}}"
+                               "{{end}}", chosen["id"]], capture_output=True, timeout=timeout, check=False)
+        image, _, health = done.stdout.decode("utf-8", "replace").strip().partition("\t")
+        if done.returncode != 0 or health != "starting" or chosen["state"] != "running":
+            break
+        if time.monotonic() > deadline:
+            raise ContainerError(f"the container {chosen['name']} of compose service {service} is still starting "
+                                 f"after {starting_wait} s (its healthcheck has not passed)")
+        time.sleep(0.5)
+    chosen["image"] = image if done.returncode == 0 else ""
     return chosen
