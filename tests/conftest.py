@@ -76,6 +76,7 @@ LONGEST_FIRST = (
     "tests/integration/test_container_release.py",
     "tests/faults/test_recover.py",
     "tests/integration/test_compose_ship.py",
+    "tests/integration/test_init.py",
     "tests/faults/test_interrupted_migration.py",
     "tests/integration/test_foreign_app.py",
     "tests/integration/test_release_local.py",
