@@ -67,7 +67,8 @@ def service_container(project, service, running=True, timeout=30, starting_wait=
     while True:
         done = subprocess.run([docker, "inspect", "--format", "{{.Image}}\t{{if .State.Health}}{{.State.Health.Status}}"
                                "{{end}}", chosen["id"]], capture_output=True, timeout=timeout, check=False)
-        image, _, health = done.stdout.decode("utf-8", "replace").strip().partition("\t")
+        fields = done.stdout.decode("utf-8", "replace").strip().split("\t")
+        image, health = fields[0], fields[-1] if len(fields) == 2 else ""
         if done.returncode != 0 or health != "starting" or chosen["state"] != "running":
             break
         if time.monotonic() > deadline:
