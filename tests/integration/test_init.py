@@ -137,6 +137,15 @@ def test_init_on_the_seed_stack_and_its_own_next_commands_release_it_and_roll_it
             text = text.replace(line, f"{line.split(':')[0]}: {value}")
         settings.write_text(text)
 
+        # a secret's file that is not on the host: compose v1 says so only when it starts the container
+        token = stack.stack / "secrets" / "telegram_token"
+        token.rename(token.with_name("elsewhere"))
+        code, refused, err = deployctl("release", "v1", cwd=project)
+        assert code == 3, (refused, err[-3000:])
+        assert f"missing on localhost: {token}" in refused["message"], refused["message"]
+        assert not [c for c in stack.containers() if c["service"] in ("app", "worker", "bot")]
+        token.with_name("elsewhere").rename(token)
+
         code, first, err = deployctl("release", "v1", cwd=project)
         assert code == 0, (first, err[-3000:])
         assert stack.served_version() == "v1" and stack.schema() == MIGRATIONS[:2]
