@@ -577,7 +577,7 @@ class Pipeline:
         if not steps_ok:
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
                                 f"{reason}; the rollback failed too, maintenance mode stays on")
-        restored = f", database restored from {restore}" if restore else ""
+        restored = f", data restored from backup set {restore}" if restore else ""
         return self._finish(run, ExitCode.INTERRUPTED if interrupted else ExitCode.ROLLED_BACK,
                             "interrupted" if interrupted else "rolled-back", f"{reason}; rolled back{restored}")
 
@@ -709,7 +709,7 @@ class Pipeline:
                               "no backup set to restore (the history has none for the releases undone); "
                               "nothing was changed")
             self._require_set(candidate)
-            return candidate, f"database restored from {candidate} (--restore-data)"
+            return candidate, f"data restored from backup set {candidate} (--restore-data)"
         if not self.env.backup:
             return None, "data kept as it is (backups are off for this environment)"
         if len(undone) < len(idents):
@@ -731,7 +731,7 @@ class Pipeline:
                           f"{changed_schema[0].id} changed the schema, and restoring {candidate} would lose data "
                           f"({lost}); choose --restore-data (restore it, losing those writes; a safety set is taken "
                           "first) or --keep-data (code only); nothing was changed")
-        return candidate, f"database restored from {candidate} (nothing was written since)"
+        return candidate, f"data restored from backup set {candidate} (nothing was written since)"
 
     def _data_to_recover(self, run: Run, dead: Deployment | None, ident: str, hosts: dict,
                          data: str) -> tuple[str | None, str]:
@@ -760,7 +760,7 @@ class Pipeline:
         if data == "keep":
             return None, "data kept as it is (--keep-data)"
         if data == "restore":
-            return candidate, f"database restored from {candidate} (--restore-data)"
+            return candidate, f"data restored from backup set {candidate} (--restore-data)"
         lost = self._writes_lost(run, [dead], hosts) if dead is not None else (
             None if all(s.get("maintenance") for s in hosts.values() if s.get("live")) else
             "the history has no record of it")
@@ -768,7 +768,7 @@ class Pipeline:
             raise Refused(ExitCode.FAILED_UNCHANGED, "unchanged",
                           f"restoring {candidate} could lose data written since {ident} ({lost}): choose "
                           "--restore-data or --keep-data; nothing was changed")
-        return candidate, f"database restored from {candidate} (nothing was written since)"
+        return candidate, f"data restored from backup set {candidate} (nothing was written since)"
 
     # ---------------------------------------------------------------- steps
 

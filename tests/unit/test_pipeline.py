@@ -94,7 +94,7 @@ def test_deploy_failure_after_the_migrations_rolls_back_code_and_data(make):
     release_answers(runner)
     runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
     outcome = pipeline.release("v2")
-    assert outcome.exit_code == ExitCode.ROLLED_BACK and "database restored from S1" in outcome.message
+    assert outcome.exit_code == ExitCode.ROLLED_BACK and "data restored from backup set S1" in outcome.message
     assert runner.phases[6:] == ["deploy", "stop commands", "rollback", "verify", "data state", "maintenance off",
                                  "unlock"]
     rollback = runner.variables("rollback")
@@ -132,7 +132,7 @@ def test_migrate_failure_restores_the_pre_release_set(make):
     runner.answer("migrate", Answer(failed={"localhost": "syntax error"}))
     release_answers(runner)
     outcome = pipeline.release("v2")
-    assert outcome.exit_code == ExitCode.ROLLED_BACK and "database restored from S1" in outcome.message
+    assert outcome.exit_code == ExitCode.ROLLED_BACK and "data restored from backup set S1" in outcome.message
     rollback = runner.variables("rollback")
     assert rollback["deployctl_restore_set_id"] == "S1"
     assert "S1" in rollback["deployctl_backup_protect"]
@@ -817,7 +817,7 @@ def test_rollback_after_a_release_that_switched_no_host_puts_its_data_back(make)
     ident = failed_before_the_switch(pipeline, runner)
     outcome = pipeline.rollback()
     assert outcome.exit_code == ExitCode.OK, outcome.message
-    assert ident in outcome.message and "v1 still live" in outcome.message and "restored from S1" in outcome.message
+    assert ident in outcome.message and "v1 still live" in outcome.message and "restored from backup set S1" in outcome.message
     assert runner.phases == ["lock", "state", "backups", "stop commands", "maintenance on", "rollback", "verify",
                              "data state", "maintenance off", "unlock"]
     rollback = runner.variables("rollback")
