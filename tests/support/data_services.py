@@ -137,8 +137,11 @@ class DataServices:
     # ------------------------------------------------------------------ what a test reads and writes
 
     def exec(self, service: str, *argv: str, user: str | None = None, input: bytes | None = None) -> bytes:
-        command = ["docker", "exec", "-i", *(["-u", user] if user else []), self.container(service), *argv]
-        done = subprocess.run(command, input=input, capture_output=True, timeout=120)
+        # stdin is attached only to feed it: a `docker exec -i` whose command had ended once hung until its timeout
+        attach = ["-i"] if input is not None else []
+        command = ["docker", "exec", *attach, *(["-u", user] if user else []), self.container(service), *argv]
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        done = subprocess.run(command, capture_output=True, timeout=120, **stdin)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)}: {done.stderr.decode(errors='replace')}")
         return done.stdout
