@@ -25,6 +25,7 @@ Run with the project's virtualenv, on an otherwise idle machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -98,6 +99,19 @@ def checkout(ref: str, into: Path) -> Path:
     return into
 
 
+@contextlib.contextmanager
+def own_history(project, name: str):
+    """The project's history moved aside while another deployctl releases it, and put back after."""
+    history = project.root / ".deployctl" / "history.db"
+    kept = history.with_name(f"history.db.{name}.kept")
+    history.rename(kept)
+    try:
+        yield
+    finally:
+        history.unlink(missing_ok=True)
+        kept.rename(history)
+
+
 def measure(project, label: str, runs: int, warmup: int, next_version) -> Measured:
     measured = Measured(label)
     for _ in range(warmup):
@@ -155,7 +169,10 @@ def main() -> None:
                                       env={**os.environ, **project.command_env}, capture_output=True, text=True)
             if not imported.stdout.startswith(str(tree)):
                 sys.exit(f"the deployctl of {args.compare_ref} is not the one imported: {imported.stdout.strip()}")
-            results.append(measure(project, f"deployctl@{args.compare_ref}", args.runs, args.warmup, next_version))
+            # each deployctl keeps its own history: an older one cannot write this one's newer schema
+            with own_history(project, "ref"):
+                results.append(measure(project, f"deployctl@{args.compare_ref}", args.runs, args.warmup,
+                                       next_version))
             project.command, project.command_env = [DEPLOYCTL], {}
 
         plain: list[float] = []
