@@ -3,9 +3,35 @@
 import json
 import os
 import signal
+import threading
 import time
 
 from tests.support.project import http_get
+
+
+class FlagAndWorkerWatch:
+    """Samples, in a thread, whether the maintenance flag is up and the demo worker runs: `states` is the set
+    of (flag up, worker running) pairs seen."""
+
+    def __init__(self, project, interval: float = 0.002):
+        self.project, self.interval = project, interval
+        self.states: set[tuple[bool, bool]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        flag = self.project.app_root / "shared" / "maintenance.json"
+        while not self._stop.is_set():
+            self.states.add((flag.exists(), self.project.running("worker")))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def test_release_upgrade_and_rollback(demo_project):
@@ -31,9 +57,14 @@ def test_release_upgrade_and_rollback(demo_project):
     assert sorted(p.name for p in runs.iterdir()) == ["01-release"]
 
     started = time.monotonic()
-    second = project.run("release", "v2")
+    with FlagAndWorkerWatch(project) as watch:
+        second = project.run("release", "v2")
     wall = time.monotonic() - started
     assert second.code == 0, second
+    # the worker stops before the page goes up and starts after it came down: never both, and never the
+    # worker's stop or start inside the downtime
+    assert (True, False) in watch.states, watch.states
+    assert (True, True) not in watch.states, watch.states
     assert project.served_version() == "v2"
     assert "price" in [row[1] for row in project.sqlite("PRAGMA table_info(items)")]
     assert second.data["deployment"]["details"]["schema"]["localhost"] == {

@@ -7,8 +7,10 @@ DOCUMENTATION = r"""
 module: maintenance_mode
 short_description: Put up or take down the maintenance flag and stop or start the app's workers
 description:
-  - C(state=on) writes C(<app_root>/shared/maintenance.json) (message, until) and stops every worker whose
-    status command says it runs. C(state=off) starts every worker that does not run, then removes the flag.
+  - C(state=on) stops every worker whose status command says it runs, then writes
+    C(<app_root>/shared/maintenance.json) (message, until). C(state=off) removes the flag, then starts every
+    worker that does not run. The workers need the old version stopped, not the users, so they stop before the
+    page goes up and start after it came down, outside the downtime.
   - Worker commands run in C(<app_root>/current); without a live release there are no workers to touch.
   - One module call instead of a task per step, because maintenance mode sits inside the release's downtime.
 options:
@@ -89,7 +91,27 @@ def main():
     stopped, started = [], []
     flag_at = None
 
+    processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"])
+    workers = params["workers"] if os.path.isdir(current) else []
+
+    def switch_workers():
+        nonlocal changed
+        for worker in workers:
+            running = _run(worker["status"], current, "worker status")[0] == 0
+            if running != turning_on:
+                continue
+            changed = True
+            (stopped if turning_on else started).append(worker["name"])
+            if check:
+                continue
+            verb = "stop" if turning_on else "start"
+            rc, output = _run(worker[verb], current, "worker " + verb)
+            if rc != 0:
+                module.fail_json(msg=f"could not {verb} worker {worker['name']}: {output[-500:]}",
+                                 stopped=stopped, started=started, flag_at=flag_at)
+
     if turning_on:
+        switch_workers()
         content = json.dumps({"message": params["page_message"], "until": params["until"]}, indent=2) + "\n"
         try:
             with open(flag) as handle:
@@ -102,28 +124,13 @@ def main():
                 write_atomic(flag, content)
         if not check:
             flag_at = os.stat(flag).st_mtime
-
-    processes.configure(processes.registry_dir(params["app_root"]), params["deployment_id"])
-    workers = params["workers"] if os.path.isdir(current) else []
-    for worker in workers:
-        running = _run(worker["status"], current, "worker status")[0] == 0
-        if running != turning_on:
-            continue
-        changed = True
-        (stopped if turning_on else started).append(worker["name"])
-        if check:
-            continue
-        verb = "stop" if turning_on else "start"
-        rc, output = _run(worker[verb], current, "worker " + verb)
-        if rc != 0:
-            module.fail_json(msg=f"could not {verb} worker {worker['name']}: {output[-500:]}",
-                             stopped=stopped, started=started)
-
-    if not turning_on and os.path.exists(flag):
-        changed = True
-        if not check:
-            os.unlink(flag)
-            flag_at = time.time()
+    else:
+        if os.path.exists(flag):
+            changed = True
+            if not check:
+                os.unlink(flag)
+                flag_at = time.time()
+        switch_workers()
 
     module.exit_json(changed=changed, stopped=stopped, started=started, flag_at=flag_at)
 
