@@ -333,7 +333,7 @@ class Pipeline:
         off = self._phase(run, Phase.MAINTENANCE_OFF, {})
         if not gate(off):
             return self._finish(run, ExitCode.NEEDS_HUMAN, "needs-human",
-                                f"{version} is live but maintenance mode could not be turned off: {off.problem()}")
+                                f"{version} is live but maintenance off failed: {off.problem()}")
         self._note(run, after={h: version for h in run.details.get("deployed_hosts", [])})
         return self._finish(run, ExitCode.OK, "live", f"{version} is live")
 
