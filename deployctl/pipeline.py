@@ -555,6 +555,10 @@ class Pipeline:
         self.output.progress(f"[yellow]rolling back: {reason}[/yellow]")
         # "migrated" as rollbacks judge it: the schema version changed, or nobody can tell
         restore = run.details.get("backup_set") if migrated(run.deployment) is not False else None
+        # the rollback in one ansible-playbook run too (a new one: Ansible keeps the failed hosts out of the
+        # rest of the release's run), so that the users wait for it no longer than they must
+        run.plan = [Phase.STOP_COMMANDS, Phase.ROLLBACK, Phase.VERIFY, Phase.DATA_STATE, Phase.MAINTENANCE_OFF,
+                    Phase.UNLOCK]
         stopped = self._stop_commands(run, run.deployment.id, restoring=bool(restore))
         if stopped is not None:
             return stopped

@@ -223,13 +223,14 @@ def test_hosts_that_disagree_on_the_migration_order_are_refused_before_anything_
     assert runner.phases == ["lock", "preflight", "unlock"]
 
 
-def test_a_failed_phase_ends_the_run_and_recovery_runs_phase_by_phase(make):
+def test_a_failed_phase_ends_the_run_and_the_recovery_is_a_run_of_its_own(make):
     pipeline, runner = make()
     release_answers(runner)
     runner.answer("deploy", Answer(failed={"localhost": "restart failed"}))
     assert pipeline.release("v2").exit_code == ExitCode.ROLLED_BACK
-    assert len(runner.streams) == 1 and runner.streamed == RELEASE[:7]
-    assert runner.phases[7:] == ["stop commands", "rollback", "verify", "data state", "maintenance off", "unlock"]
+    recovery = ["stop commands", "rollback", "verify", "data state", "maintenance off", "unlock"]
+    assert len(runner.streams) == 2 and runner.streamed == RELEASE[:7] + recovery
+    assert runner.phases[7:] == recovery
 
 
 def test_a_refusal_after_preflight_skips_to_the_unlock_in_the_same_run(make):
@@ -514,6 +515,8 @@ def test_a_failed_rollback_needs_a_human_and_leaves_maintenance_on(make):
     outcome = pipeline.release("v2")
     assert outcome.exit_code == ExitCode.NEEDS_HUMAN and "the rollback failed too" in outcome.message
     assert runner.phases[-3:] == ["stop commands", "rollback", "unlock"]
+    # the recovery's run ends at the failed rollback; the unlock runs on its own
+    assert len(runner.streams) == 2 and runner.streamed[-2:] == ["stop commands", "rollback"]
 
 
 def test_a_rollback_that_does_not_verify_needs_a_human(make):
