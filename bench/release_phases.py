@@ -8,7 +8,9 @@ live release, restarts the app and its worker, migrates and verifies. Per phase 
 median seconds (deployment.phases[].seconds of the JSON outcome), the whole release's wall time (the
 CLI process, start to end), the maintenance window (the phases from "maintenance on" through
 "maintenance off"), how long the maintenance flag itself was up (the downtime behind the maintenance
-page, from the flag's own times) and how many ansible-playbook processes each release started.
+page, from the flag's own times) and how many ansible-playbook processes each release started. Then it
+releases a version that never gets healthy (--failed-runs times), which rolls back by itself, and prints
+the wall time, flag time and ansible-playbook runs of that failure path too.
 
 With --compare-ref, the deployctl of another git ref (an unpacked `git archive`, run as `python -m
 deployctl`) releases the same project too, printed side by side with this one. Then the same project
@@ -41,6 +43,7 @@ from deployctl.report import flag_downtime
 from tests.support.project import DEPLOYCTL, REPO, DemoProject
 
 VERSIONS = ("v1.0.0", "v1.0.1")
+BROKEN = "v1.0.9"  # never gets healthy: its release rolls back by itself
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,11 +60,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compare-ref", metavar="GIT_REF",
                         help="also time the deployctl of this git ref of the repository (e.g. main~3), in the same "
                              "project, and print both side by side")
+    parser.add_argument("--failed-runs", type=int, default=2, metavar="N",
+                        help="releases of a version that never gets healthy, per tool, each rolled back by itself "
+                             "(default: %(default)s; 0: none)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary project directory (its path is printed) instead of removing it")
     args = parser.parse_args()
-    if args.runs < 1 or args.warmup < 0:
-        parser.error("--runs must be at least 1 and --warmup at least 0")
+    if args.runs < 1 or args.warmup < 0 or args.failed_runs < 0:
+        parser.error("--runs must be at least 1, --warmup and --failed-runs at least 0")
     return args
 
 
@@ -76,6 +82,9 @@ class Measured:
     flag_up: list[float] = field(default_factory=list)  # the maintenance flag's own times (older refs: none)
     per_phase: dict[str, list[float]] = field(default_factory=dict)
     processes: list[int] = field(default_factory=list)  # ansible-playbook runs per release
+    failed_walls: list[float] = field(default_factory=list)  # failed releases, rolled back by themselves
+    failed_flag_up: list[float] = field(default_factory=list)
+    failed_processes: list[int] = field(default_factory=list)
 
 
 def ansible_runs(project, result) -> int:
@@ -112,7 +121,7 @@ def own_history(project, name: str):
         kept.rename(history)
 
 
-def measure(project, label: str, runs: int, warmup: int, next_version) -> Measured:
+def measure(project, label: str, runs: int, warmup: int, next_version, failed_runs: int = 0) -> Measured:
     measured = Measured(label)
     for _ in range(warmup):
         version = next_version()
@@ -138,6 +147,17 @@ def measure(project, label: str, runs: int, warmup: int, next_version) -> Measur
         print(f"  run {run:>3}  {label} release {version}: {seconds:.2f} s (phases {measured.phase_total[-1]:.2f} s, "
               f"maintenance window {secs(window)} s, flag up {secs(up)} s, {measured.processes[-1]} ansible-playbook "
               "run(s))", flush=True)
+    for run in range(1, failed_runs + 1):
+        seconds, result = cli_release(project, BROKEN)
+        if result.code != 4 or result.outcome != "rolled-back":
+            sys.exit(f"release {BROKEN} did not roll back by itself: {result!r}")
+        measured.failed_walls.append(seconds)
+        measured.failed_processes.append(ansible_runs(project, result))
+        up = flag_up(result)
+        if up is not None:
+            measured.failed_flag_up.append(up)
+        print(f"  failed {run:>2}  {label} release {BROKEN}, rolled back: {seconds:.2f} s (flag up {secs(up)} s, "
+              f"{measured.failed_processes[-1]} ansible-playbook run(s))", flush=True)
     return measured
 
 
@@ -150,6 +170,7 @@ def main() -> None:
         project = DemoProject(root / "project")
         for version in VERSIONS:
             project.build(version)
+        project.build(BROKEN, broken="health")
         print(f"project {project.root}, demo app on port {project.port}, "
               f"{args.warmup} warm-up + {args.runs} timed releases per tool", flush=True)
         count = 0
@@ -159,7 +180,7 @@ def main() -> None:
             count += 1
             return VERSIONS[(count - 1) % len(VERSIONS)]
 
-        results = [measure(project, "deployctl", args.runs, args.warmup, next_version)]
+        results = [measure(project, "deployctl", args.runs, args.warmup, next_version, args.failed_runs)]
         if args.compare_ref:
             tree = checkout(args.compare_ref, root / "ref")
             # -P: the working directory (this checkout) must not come before the ref's tree on sys.path
@@ -172,7 +193,7 @@ def main() -> None:
             # each deployctl keeps its own history: an older one cannot write this one's newer schema
             with own_history(project, "ref"):
                 results.append(measure(project, f"deployctl@{args.compare_ref}", args.runs, args.warmup,
-                                       next_version))
+                                       next_version, args.failed_runs))
             project.command, project.command_env = [DEPLOYCTL], {}
 
         plain: list[float] = []
@@ -196,6 +217,10 @@ def main() -> None:
         rows.append(["maintenance flag up (downtime)", *medians(lambda m: m.flag_up)])
         rows.append(["release wall time", *medians(lambda m: m.walls)])
         rows.append(["ansible-playbook runs per release", *medians(lambda m: [float(n) for n in m.processes])])
+        if args.failed_runs:
+            rows.append(["failed release, rolled back: wall time", *medians(lambda m: m.failed_walls)])
+            rows.append(["  its maintenance flag up (downtime)", *medians(lambda m: m.failed_flag_up)])
+            rows.append(["  its ansible-playbook runs", *medians(lambda m: [float(n) for n in m.failed_processes])])
         print()
         print(f"Release of the demo app to localhost, {args.runs} run(s) each, median seconds")
         print()
