@@ -221,3 +221,33 @@ def test_interrupt_rolls_back(demo_project):
     assert project.live() == "v1"
     assert http_get(project.url("/version"))[1].strip() == "v1"
     assert not (project.app_root / ".deployctl" / "lock").exists()
+
+
+def test_signals_during_the_automatic_rollback_do_not_stop_it(demo_project):
+    """Ctrl-C, then SIGTERM, while a failed release rolls back (a run of its own): the rollback finishes."""
+    project = demo_project()
+    project.build("v1")
+    project.build("v2", broken="health")
+    assert project.run("release", "v1").code == 0
+
+    runs = project.root / ".deployctl" / "runs"
+    earlier = set(runs.iterdir())
+    proc = project.start("release", "v2")
+    deadline = time.time() + 120
+    # the release's own run, then the recovery's: ansible-runner makes an artifacts directory per run
+    while len([run for deployment in set(runs.iterdir()) - earlier for run in deployment.glob("artifacts/*")]) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 4, stderr
+    outcome = json.loads(stdout)
+    assert outcome["outcome"] == "rolled-back" and "verify failed" in outcome["message"], outcome
+    assert "recovering; wait for it to finish" in stderr
+    assert project.live() == "v1" and project.served_version() == "v1"
+    assert project.running("worker")
+    assert not (project.app_root / "shared" / "maintenance.json").exists()
+    assert not (project.app_root / ".deployctl" / "lock").exists()
+    assert project.run("status").data["last_deployment"]["outcome"] == "rolled-back"
