@@ -77,8 +77,7 @@ def fill(services, engine, rows=1000):
 
 def running(services, service, program):
     """Whether `program` runs in the service's container (by its own name: a wrapper's script also names it)."""
-    return any(os.path.basename(command.split()[0]) == program for command in services.processes(service)
-               if command != "<defunct>")
+    return any(os.path.basename(command.split()[0]) == program for command in services.processes(service))
 
 
 def leftovers(services, service):

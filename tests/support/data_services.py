@@ -138,7 +138,7 @@ class DataServices:
     # ------------------------------------------------------------------ what a test reads and writes
 
     def exec(self, service: str, *argv: str, user: str | None = None, input: bytes | None = None) -> bytes:
-        # stdin is attached only to feed it: a `docker exec -i` whose command had ended once hung until its timeout
+        # stdin is attached only to feed it; otherwise the command reads an empty one, never the test runner's
         attach = ["-i"] if input is not None else []
         command = ["docker", "exec", *attach, *(["-u", user] if user else []), self.container(service), *argv]
         stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
