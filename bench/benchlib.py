@@ -86,6 +86,16 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_cpu() -> float:
+    """CPU seconds every process on this machine has used so far (/proc/stat: all but idle and iowait).
+
+    The SSH test hosts share the machine, so the difference over a release is its whole cost here: the
+    control node's processes, the connection masters it does not wait for, sshd and the module processes."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class ModuleCalls:
     """Counts the module calls of the Ansible runs of a command, per host (bench/callback_plugins).
 

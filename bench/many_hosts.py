@@ -18,8 +18,15 @@ on an otherwise idle machine:
 
     .venv/bin/python bench/many_hosts.py --hosts 1,5,10,25,50
 
-With --mitogen DIR it also releases v4 with mitogen's mitogen_linear strategy (plain ansible-playbook), to
-show whether that strategy plugin pays off on many hosts.
+The control node's CPU seconds count the processes it waits for (deployctl, ansible-playbook, its workers
+and ssh clients); the machine's CPU seconds (/proc/stat) add the SSH connection masters and everything the
+test hosts run for the release (sshd, the module processes), since they share this machine's cores: that
+is the per-host cost on this machine.
+
+With --mitogen it then releases v4 through deployctl and v5 with plain ansible-playbook under mitogen's
+mitogen_linear strategy (the `mitogen` extra, turned on in the project's ansible.cfg as the README says),
+and prints their figures beside Ansible's own linear strategy: whether that strategy plugin pays off on
+many hosts.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 import benchlib
 from benchlib import cli_release, maintenance_window, phases, plain_release, ratio, secs, table
 
+from deployctl.report import flag_downtime
 from tests.support.project import DemoProject, free_port, http_get
 from tests.support.sshhosts import MAX_HOSTS, SSHHosts, unavailable_reason
 
@@ -59,19 +67,22 @@ def parse_args() -> argparse.Namespace:
                              "ansible-playbook alike (default: %(default)s, deployctl's default)")
     parser.add_argument("--serial", default="100%",
                         help="the environment's `serial` (batch size of the deploy phase; default: %(default)s)")
-    parser.add_argument("--mitogen", type=Path, metavar="DIR",
-                        help="also release v4 with plain ansible-playbook and mitogen's mitogen_linear strategy, "
-                             "from DIR (`pip install --target DIR mitogen`): whether it pays off on many hosts")
-    return parser.parse_args()
+    parser.add_argument("--mitogen", action="store_true",
+                        help="also release v4 through deployctl and v5 with plain ansible-playbook under mitogen's "
+                             "mitogen_linear strategy (the `mitogen` extra): whether it pays off on many hosts")
+    args = parser.parse_args()
+    if args.mitogen:
+        mitogen_strategy_plugins()
+    return args
 
 
-def mitogen_env(directory: Path) -> dict[str, str]:
-    """ansible-playbook with mitogen's strategy plugin, from a directory mitogen was installed into."""
-    plugins = directory / "ansible_mitogen" / "plugins" / "strategy"
-    if not plugins.is_dir():
-        sys.exit(f"{plugins} not found: install mitogen there first (pip install --target {directory} mitogen)")
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear",
-            "PYTHONPATH": str(directory)}
+def mitogen_strategy_plugins() -> Path:
+    """Where the `mitogen` extra keeps its strategy plugins (the path the README puts in ansible.cfg)."""
+    try:
+        import ansible_mitogen
+    except ImportError:
+        sys.exit("--mitogen needs the mitogen extra in this virtualenv: pip install 'deployctl[mitogen]'")
+    return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
 
 
 def make_project(fleet: SSHHosts, root: Path, forks: int, serial: str) -> DemoProject:
@@ -104,36 +115,20 @@ def measure(count: int, args: argparse.Namespace) -> dict:
         with SSHHosts(count, start_timeout=max(20.0, count * 2.0)) as fleet:
             project = make_project(fleet, root / "control", args.forks, args.serial)
             try:
-                for version in ("v1", "v2", "v3", "v4"):
+                for version in ("v1", "v2", "v3", "v4", "v5"):
                     project.build(version)
                 figures["v1"], result = cli_release(project, "v1")
                 benchlib.check_release(result, "v1")
                 print(f"  deployctl release v1 (first install): {figures['v1']:.2f} s", flush=True)
-                calls, cpu = benchlib.ModuleCalls(root), benchlib.children_cpu()
-                figures["v2"], result = cli_release(project, "v2", env=calls.env)
-                figures["cpu"] = benchlib.children_cpu() - cpu
-                benchlib.check_release(result, "v2")
-                figures["calls"], figures["controller calls"] = calls.per_host(), calls.per_host("controller")
-                figures["phases"] = phases(result)
-                figures["window"] = maintenance_window(figures["phases"])
-                print(f"  deployctl release v2 (upgrade):       {figures['v2']:.2f} s", flush=True)
-                calls, cpu = benchlib.ModuleCalls(root), benchlib.children_cpu()
-                figures["plain"] = plain_release(project.root / "inventory" / "local", "v3", forks=args.forks,
-                                                 env=calls.env)
-                figures["plain cpu"] = benchlib.children_cpu() - cpu
-                figures["plain calls"] = calls.per_host()
-                wrong = {h: v for h, v in served(fleet, project.port).items() if v != "v3"}
-                if wrong:
-                    sys.exit(f"after the plain ansible-playbook release of v3, hosts serve {wrong}")
-                print(f"  ansible-playbook release.yml v3:      {figures['plain']:.2f} s", flush=True)
+                figures["linear"] = releases(project, fleet, root, args, "v2", "v3")
                 if args.mitogen:
-                    calls = benchlib.ModuleCalls(root)
-                    figures["mitogen"] = plain_release(project.root / "inventory" / "local", "v4",
-                                                       forks=args.forks, env={**calls.env, **mitogen_env(args.mitogen)})
-                    wrong = {h: v for h, v in served(fleet, project.port).items() if v != "v4"}
-                    if wrong:
-                        sys.exit(f"after the mitogen release of v4, hosts serve {wrong}")
-                    print(f"  ansible-playbook release.yml v4 (mitogen_linear): {figures['mitogen']:.2f} s", flush=True)
+                    # the README's way: the strategy named in the project's ansible.cfg (plain ansible-playbook
+                    # gets the same two settings from the environment)
+                    plugins = mitogen_strategy_plugins()
+                    (project.root / "ansible.cfg").write_text(
+                        f"[defaults]\nstrategy_plugins = {plugins}\nstrategy = mitogen_linear\n")
+                    figures["mitogen"] = releases(project, fleet, root, args, "v4", "v5", {
+                        "ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"})
             finally:
                 for host in fleet.hosts:
                     fleet.run(host, f"for p in {APP_ROOT}/shared/run/*.pid; do kill -9 $(cat $p) 2>/dev/null; "
@@ -143,44 +138,77 @@ def measure(count: int, args: argparse.Namespace) -> dict:
     return figures
 
 
+def releases(project: DemoProject, fleet: SSHHosts, root: Path, args: argparse.Namespace, version: str,
+             plain_version: str, strategy_env: dict[str, str] | None = None) -> dict:
+    """An upgrade through deployctl, then one with plain ansible-playbook: wall time, CPU, module calls."""
+    strategy_env = strategy_env or {}
+    label = strategy_env.get("ANSIBLE_STRATEGY", "linear")
+    figures: dict = {}
+    calls, cpu, machine = benchlib.ModuleCalls(root), benchlib.children_cpu(), benchlib.machine_cpu()
+    figures["v2"], result = cli_release(project, version, env=calls.env)
+    figures["cpu"], figures["machine"] = benchlib.children_cpu() - cpu, benchlib.machine_cpu() - machine
+    benchlib.check_release(result, version)
+    figures["calls"], figures["controller calls"] = calls.per_host(), calls.per_host("controller")
+    figures["phases"] = phases(result)
+    figures["window"] = maintenance_window(figures["phases"])
+    figures["flag"] = flag_downtime((result.data.get("deployment") or {}).get("details") or {})
+    print(f"  deployctl release {version} ({label}): {figures['v2']:.2f} s", flush=True)
+    calls, cpu, machine = benchlib.ModuleCalls(root), benchlib.children_cpu(), benchlib.machine_cpu()
+    figures["plain"] = plain_release(project.root / "inventory" / "local", plain_version, forks=args.forks,
+                                     env={**calls.env, **strategy_env})
+    figures["plain cpu"], figures["plain machine"] = benchlib.children_cpu() - cpu, benchlib.machine_cpu() - machine
+    figures["plain calls"] = calls.per_host()
+    wrong = {h: v for h, v in served(fleet, project.port).items() if v != plain_version}
+    if wrong:
+        sys.exit(f"after the plain ansible-playbook release of {plain_version} ({label}), hosts serve {wrong}")
+    print(f"  ansible-playbook release.yml {plain_version} ({label}): {figures['plain']:.2f} s", flush=True)
+    return figures
+
+
 def report(results: dict[int, dict]) -> None:
     counts = sorted(results)
+    strategies = [name for name in ("linear", "mitogen") if all(name in results[c] for c in counts)]
     names: list[str] = []
     for count in counts:
-        names += [name for name, _ in results[count]["phases"] if name not in names]
-    rows = []
-    for name in names:
-        rows.append([name, *(secs(sum(s for n, s in results[c]["phases"] if n == name)) for c in counts)])
-    rows.append(["(sum of phases)", *(secs(sum(s for _, s in results[c]["phases"])) for c in counts)])
-    rows.append(["maintenance window", *(secs(results[c]["window"]) for c in counts)])
-    rows.append(["release v2 wall (deployctl)", *(secs(results[c]["v2"]) for c in counts)])
-    rows.append(["release v3 wall (ansible-playbook)", *(secs(results[c]["plain"]) for c in counts)])
-    if all("mitogen" in results[c] for c in counts):
-        rows.append(["release v4 wall (ansible-playbook, mitogen_linear)",
-                     *(secs(results[c]["mitogen"]) for c in counts)])
-        rows.append(["mitogen_linear / linear (plain)",
-                     *(ratio(results[c]["mitogen"], results[c]["plain"]) for c in counts)])
-    rows.append(["overhead deployctl / ansible-playbook",
-                 *(ratio(results[c]["v2"], results[c]["plain"]) for c in counts)])
-    rows.append(["first release v1 wall (deployctl)", *(secs(results[c]["v1"]) for c in counts)])
-    first = counts[0]
-    rows.append([f"seconds per host added (v2, from {first} host(s))", "-",
-                 *(secs((results[c]["v2"] - results[first]["v2"]) / (c - first)) for c in counts[1:])])
-    rows.append([f"seconds per host added (plain, from {first} host(s))", "-",
-                 *(secs((results[c]["plain"] - results[first]["plain"]) / (c - first)) for c in counts[1:])])
-    if all("mitogen" in results[c] for c in counts):
-        rows.append([f"seconds per host added (mitogen, from {first} host(s))", "-",
-                     *(secs((results[c]["mitogen"] - results[first]["mitogen"]) / (c - first)) for c in counts[1:])])
-    rows.append(["module calls per host, on the host (v2)", *(calls_figure(results[c]["calls"]) for c in counts)])
-    rows.append(["controller actions per host (v2: gates, stats)",
-                 *(calls_figure(results[c]["controller calls"]) for c in counts)])
-    rows.append(["module calls per host (plain)", *(calls_figure(results[c]["plain calls"]) for c in counts)])
-    rows.append(["control-node CPU s per host (v2)", *(secs(results[c]["cpu"] / c) for c in counts)])
-    rows.append(["control-node CPU s per host (plain)", *(secs(results[c]["plain cpu"] / c) for c in counts)])
+        names += [name for name, _ in results[count]["linear"]["phases"] if name not in names]
+    headers = ["phase \\ hosts", *(f"{c} {name}" if len(strategies) > 1 else str(c)
+                                    for name in strategies for c in counts)]
+
+    def row(label: str, figure) -> list[str]:
+        return [label, *(figure(results[c][name], c, name) for name in strategies for c in counts)]
+
+    def per_host_added(key: str):
+        first = counts[0]
+        return lambda f, c, name: "-" if c == first else secs((f[key] - results[first][name][key]) / (c - first))
+
+    rows = [row(name, lambda f, c, _, name=name: secs(sum(s for n, s in f["phases"] if n == name))) for name in names]
+    rows += [
+        row("(sum of phases)", lambda f, c, _: secs(sum(s for _, s in f["phases"]))),
+        row("maintenance window", lambda f, c, _: secs(f["window"])),
+        row("maintenance flag up (downtime)", lambda f, c, _: secs(f["flag"])),
+        row("release wall (deployctl)", lambda f, c, _: secs(f["v2"])),
+        row("release wall (ansible-playbook)", lambda f, c, _: secs(f["plain"])),
+        row("overhead deployctl / ansible-playbook", lambda f, c, _: ratio(f["v2"], f["plain"])),
+        row(f"seconds per host added (deployctl, from {counts[0]})", per_host_added("v2")),
+        row(f"seconds per host added (plain, from {counts[0]})", per_host_added("plain")),
+        row("module calls per host, on the host", lambda f, c, _: calls_figure(f["calls"])),
+        row("controller actions per host (gates, stats)", lambda f, c, _: calls_figure(f["controller calls"])),
+        row("module calls per host (plain)", lambda f, c, _: calls_figure(f["plain calls"])),
+        row("control-node CPU s per host (deployctl)", lambda f, c, _: secs(f["cpu"] / c)),
+        row("control-node CPU s per host (plain)", lambda f, c, _: secs(f["plain cpu"] / c)),
+        row("machine CPU s per host (deployctl)", lambda f, c, _: secs(f["machine"] / c)),
+        row("machine CPU s per host (plain)", lambda f, c, _: secs(f["plain machine"] / c)),
+    ]
+    if len(strategies) > 1:
+        rows.append(row("release wall, mitogen_linear / linear", lambda f, c, _: ratio(
+            results[c]["mitogen"]["v2"], results[c]["linear"]["v2"])))
     print()
-    print("Release to N SSH hosts (app on all, db on h1), seconds; phases are those of the v2 release")
+    print(f"Release to N SSH hosts (app on all, db on h1), seconds; phases are those of the deployctl upgrade; "
+          f"strategies: {', '.join(strategies)}")
     print()
-    print(table(["phase \\ hosts", *map(str, counts)], rows))
+    print(table(headers, rows))
+    installs = ", ".join(f"{c} host(s) {secs(results[c]['v1'])} s" for c in counts)
+    print(f"\nfirst release (install) wall through deployctl: {installs}")
 
 
 def calls_figure(value: float | None) -> str:
