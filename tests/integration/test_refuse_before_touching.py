@@ -128,6 +128,27 @@ def test_a_value_that_cannot_be_written_safely_is_refused_before_maintenance(ref
     assert "INJECTED" in refused.data["message"] and value not in refused.stdout + refused.stderr
 
 
+def test_every_problem_with_the_settings_is_named_in_one_refusal(refused_v1):
+    """Two mistakes, one preflight: the operator does not fix them one release attempt at a time."""
+    refused_v1.group_vars["deployctl_migrate_rehearse"] = True  # and no deployctl_migrate_rehearsal_env
+    refused_v1.group_vars["deployctl_redis"] = {"host": "127.0.0.1", "port": 6379}  # role data, by default
+    refused_v1.group_vars["deployctl_database"] = {"engine": "none"}
+    refused_v1.write()
+    refused = refused_v1.run("release", "v2")
+    assert_refused(refused_v1, refused, 3, "deployctl_redis with role data goes into the database's backup sets")
+    assert "deployctl_migrate_rehearse needs the release_dir strategy" in refused.data["message"]
+
+
+def test_every_problem_on_a_host_is_named_in_one_refusal(refused_v1):
+    refused_v1.group_vars["deployctl_preflight_min_free_mb"] = 10**9
+    refused_v1.group_vars["deployctl_env"]["INJECTED"] = "x\nDEMO_PORT=1"
+    refused_v1.write()
+    refused = refused_v1.run("release", "v2")
+    assert_refused(refused_v1, refused, 3, "MB free for")
+    assert "(need 1000000000); missing commands: none; not writable: none" in refused.data["message"]
+    assert "INJECTED" in refused.data["message"] and "newline" in refused.data["message"]
+
+
 # ---------------------------------------------------------------- checked before maintenance
 
 
