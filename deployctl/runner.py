@@ -25,7 +25,8 @@ import yaml
 from deployctl.ansible_config import merged
 from deployctl.processes import MARK, RUN_ID
 
-# Ansible hands values to deployctl through `ansible.builtin.set_stats` under this key, per host.
+# Ansible hands values to deployctl through `ansible.builtin.set_stats` under this key, per host (or an action
+# puts the same `ansible_stats` into its own result: plugins/action/release_lock.py).
 REPORT_KEY = "deployctl"
 
 
@@ -196,6 +197,11 @@ class PhaseEvents:
         data = event.get("event_data", {})
         host = data.get("host")
         result = data.get("res") or {}
+        if kind in ("runner_on_ok", "runner_on_failed"):
+            # set_stats' report, or an action's report in its own result: a failed task's too (Ansible drops it)
+            report = ((result.get("ansible_stats") or {}).get("data") or {}).get(REPORT_KEY)
+            if isinstance(report, dict):
+                _merge(self.reports, report)
         if kind == "runner_on_failed" and not data.get("ignore_errors"):
             self.failed[host] = _message(result)
             self.output[host] = {"task": data.get("task"), "message": self.failed[host],
@@ -208,10 +214,6 @@ class PhaseEvents:
             self._count(host, "ok", *(["changed"] if result.get("changed") else []))
             if result.get("changed") and host is not None:
                 self.changes.setdefault(host, []).append(str(data.get("task") or ""))
-            stats = result.get("ansible_stats") or {}
-            report = (stats.get("data") or {}).get(REPORT_KEY)
-            if isinstance(report, dict):
-                _merge(self.reports, report)
         elif kind == "runner_on_skipped":
             self._count(host, "skipped")
         elif kind == "runner_on_unreachable":
