@@ -1,17 +1,13 @@
-"""The release_lock module's action: the module's answer goes to deployctl with it, refused or not.
+"""The release_lock module's action: the holder goes to deployctl with the module's answer, refused or not.
 
-deployctl reads what a phase found from the `ansible_stats` of its task results (what
-ansible.builtin.set_stats returns), under the "deployctl" key, per host. A lock the module could not change
-fails the task, and deployctl still needs to know who holds it: the module's holder is added here to its
-own result, failed or not, instead of a set_stats task and an assert after a module told not to fail. That
-was two more tasks on every host of every lock and unlock, each a worker and a round of variables on the
-control node. Ansible itself takes the stats of a task that passed (AWX sees them too); deployctl reads
-them from a failed one as well.
+The module fails on its own when the lock is someone else's; deployctl still needs to know whose it is
+(plugin_utils/reports.py).
 """
 
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.deployctl.core.plugins.plugin_utils.reports import add_report
 
 
 class ActionModule(ActionBase):
@@ -21,7 +17,5 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         result.update(self._execute_module(module_name="deployctl.core.release_lock",
                                            module_args=dict(self._task.args), task_vars=task_vars))
-        host = task_vars["inventory_hostname"]
-        report = {"lock": result.get("holder"), "held_by_other": bool(result.get("held_by_other"))}
-        result["ansible_stats"] = {"data": {"deployctl": {host: report}}, "per_host": False, "aggregate": True}
-        return result
+        return add_report(result, task_vars["inventory_hostname"],
+                          {"lock": result.get("holder"), "held_by_other": bool(result.get("held_by_other"))})
