@@ -27,3 +27,20 @@ def test_a_timeout_is_not_explained_by_the_output(tmp_path):
 def test_an_error_already_known_is_kept(tmp_path):
     result = PhaseEvents("deploy").ended("error", None, 1.0, "ansible-runner failed: OSError: x", tmp_path / "none")
     assert result.error == "ansible-runner failed: OSError: x"
+
+
+def test_a_failed_tasks_report_reaches_deployctl_as_a_passed_ones_does():
+    """An action reports in its own result (plugin_utils/reports.py); a refused lock must still name its holder."""
+    def event(kind: str, host: str, report: dict, **res) -> dict:
+        stats = {"data": {"deployctl": {host: report}}, "per_host": False, "aggregate": True}
+        return {"event": kind, "event_data": {"host": host, "task": "Change the release lock",
+                                              "res": {"ansible_stats": stats, **res}}}
+
+    events = PhaseEvents("lock")
+    events.add(event("runner_on_ok", "h1", {"lock": {"deployment_id": "DEP-1"}, "held_by_other": False}))
+    events.add(event("runner_on_failed", "h2", {"lock": {"deployment_id": "DEP-0"}, "held_by_other": True},
+                     failed=True, msg="locked by DEP-0"))
+    result = events.ended("failed", 2, 1.0, None)
+    assert result.report("held_by_other") == {"h1": False, "h2": True}
+    assert result.report("lock") == {"h1": {"deployment_id": "DEP-1"}, "h2": {"deployment_id": "DEP-0"}}
+    assert result.failed == {"h2": "locked by DEP-0"}
