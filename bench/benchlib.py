@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from deployctl.report import flag_downtime  # noqa: E402
 from deployctl.runner import content_dir  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -138,6 +139,11 @@ def maintenance_window(phase_list: list[tuple[str, float]]) -> float | None:
         return None
     first, last = names.index("maintenance on"), len(names) - 1 - names[::-1].index("maintenance off")
     return sum(seconds for _, seconds in phase_list[first:last + 1])
+
+
+def flag_up(result) -> float | None:
+    """How long the maintenance flag was up in a release (its Result): the downtime behind the maintenance page."""
+    return flag_downtime((result.data.get("deployment") or {}).get("details") or {})
 
 
 def ansible_env(local_temp: Path) -> dict[str, str]:

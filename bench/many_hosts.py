@@ -38,9 +38,8 @@ import tempfile
 from pathlib import Path
 
 import benchlib
-from benchlib import cli_release, maintenance_window, phases, plain_release, ratio, secs, table
+from benchlib import cli_release, flag_up, maintenance_window, phases, plain_release, ratio, secs, table
 
-from deployctl.report import flag_downtime
 from tests.support.project import DemoProject, free_port, http_get
 from tests.support.sshhosts import MAX_HOSTS, SSHHosts, unavailable_reason
 
@@ -151,7 +150,7 @@ def releases(project: DemoProject, fleet: SSHHosts, root: Path, args: argparse.N
     figures["calls"], figures["controller calls"] = calls.per_host(), calls.per_host("controller")
     figures["phases"] = phases(result)
     figures["window"] = maintenance_window(figures["phases"])
-    figures["flag"] = flag_downtime((result.data.get("deployment") or {}).get("details") or {})
+    figures["flag"] = flag_up(result)
     print(f"  deployctl release {version} ({label}): {figures['v2']:.2f} s", flush=True)
     calls, cpu, machine = benchlib.ModuleCalls(root), benchlib.children_cpu(), benchlib.machine_cpu()
     figures["plain"] = plain_release(project.root / "inventory" / "local", plain_version, forks=args.forks,

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchlib
-from benchlib import cli_release, maintenance_window, phases, plain_release, ratio, secs, summary, table
+from benchlib import cli_release, flag_up, maintenance_window, phases, plain_release, ratio, secs, summary, table
 
-from deployctl.report import flag_downtime
 from tests.support.project import DEPLOYCTL, REPO, DemoProject
 
 VERSIONS = ("v1.0.0", "v1.0.1")
@@ -93,11 +92,6 @@ def ansible_runs(project, result) -> int:
     ident = (result.data.get("deployment") or {}).get("id")
     artifacts = project.root / ".deployctl" / "runs" / str(ident) / "artifacts"
     return sum(1 for _ in artifacts.iterdir()) if artifacts.is_dir() else 0
-
-
-def flag_up(result) -> float | None:
-    """How long the maintenance flag was up: the downtime users see behind the maintenance page."""
-    return flag_downtime((result.data.get("deployment") or {}).get("details") or {})
 
 
 def checkout(ref: str, into: Path) -> Path:

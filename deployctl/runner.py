@@ -26,7 +26,7 @@ from deployctl.ansible_config import merged
 from deployctl.processes import MARK, RUN_ID
 
 # Ansible hands values to deployctl through `ansible.builtin.set_stats` under this key, per host (or an action
-# puts the same `ansible_stats` into its own result: plugins/action/release_lock.py).
+# puts the same `ansible_stats` into its own result: the collection's plugin_utils/reports.py).
 REPORT_KEY = "deployctl"
 
 

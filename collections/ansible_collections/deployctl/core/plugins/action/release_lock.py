@@ -6,16 +6,11 @@ The module fails on its own when the lock is someone else's; deployctl still nee
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
-from ansible_collections.deployctl.core.plugins.plugin_utils.reports import add_report
+from ansible_collections.deployctl.core.plugins.plugin_utils.reports import ReportingAction
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(ReportingAction):
+    MODULE = "deployctl.core.release_lock"
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        result.update(self._execute_module(module_name="deployctl.core.release_lock",
-                                           module_args=dict(self._task.args), task_vars=task_vars))
-        return add_report(result, task_vars["inventory_hostname"],
-                          {"lock": result.get("holder"), "held_by_other": bool(result.get("held_by_other"))})
+    def report(self, result: dict) -> dict:
+        return {"lock": result.get("holder"), "held_by_other": bool(result.get("held_by_other"))}

@@ -10,6 +10,8 @@ task's too.
 
 from __future__ import annotations
 
+from ansible.plugins.action import ActionBase
+
 REPORT_KEY = "deployctl"  # deployctl/runner.py reads this key
 
 
@@ -17,3 +19,19 @@ def add_report(result: dict, host: str, report: dict) -> dict:
     """The result with `report` as this host's, the way set_stats (per_host false, aggregate true) hands it."""
     result["ansible_stats"] = {"data": {REPORT_KEY: {host: report}}, "per_host": False, "aggregate": True}
     return result
+
+
+class ReportingAction(ActionBase):
+    """The action of a module whose answer is its report: runs MODULE on the host, adds `report(result)`."""
+
+    TRANSFERS_FILES = False
+    MODULE = ""
+
+    def report(self, result: dict) -> dict:
+        raise NotImplementedError
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        result.update(self._execute_module(module_name=self.MODULE, module_args=dict(self._task.args),
+                                           task_vars=task_vars))
+        return add_report(result, task_vars["inventory_hostname"], self.report(result))
